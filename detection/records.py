@@ -67,7 +67,8 @@ class Dataset:
 
     ``blacklist`` holds ``(image_id, label)`` pairs whose ground truth and detections the ILSVRC
     protocol ignores (the DET validation blacklist); other protocols ignore it.
-    ``image_loader`` maps a record to a uint8 RGB ``(H, W, 3)`` array.
+    ``image_loader`` maps a record to a uint8 RGB ``(H, W, 3)`` array. ``class_ids`` are the
+    external category ids of a COCO source (results files name classes by them), else None.
     """
 
     spec: str
@@ -75,6 +76,7 @@ class Dataset:
     records: list[ImageRecord]
     image_loader: Callable[[ImageRecord], np.ndarray]
     blacklist: frozenset[tuple[str, int]] = frozenset()
+    class_ids: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.records)

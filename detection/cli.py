@@ -1,0 +1,138 @@
+"""The ``rcnn`` command: one subcommand per pipeline stage or study.
+
+Each subcommand is a pair of functions, one adding its arguments and one running it, gathered
+in ``COMMANDS``. Libraries log through :mod:`logging`; this module configures it (to stderr) and
+prints results to stdout, so ``rcnn evaluate ... | tail -1`` gives the ``mAP:`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from detection.problems import DataError
+
+logger = logging.getLogger("rcnn")
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gt", required=True, metavar="SPEC", help="ground-truth dataset spec, e.g. voc:ROOT:test")
+    parser.add_argument("--detections", required=True, type=Path, metavar="FILE", help="detections JSON (ours, or COCO results)")
+    parser.add_argument("--protocol", default="ilsvrc", choices=["ilsvrc", "voc07", "voc12", "coco50"])
+    parser.add_argument("--iou", type=float, default=0.5, help="Jaccard overlap threshold (default 0.5)")
+    parser.add_argument("--max-dets", type=int, default=100, help="detections per image and class kept by coco50")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the result as JSON")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from detection.atomic import write_json
+    from detection.datasets import load_dataset
+    from detection.detection_files import read_detections
+    from eval.detection import evaluate
+
+    if not 0.0 < args.iou <= 1.0:
+        raise SystemExit(f"rcnn evaluate: --iou must lie in (0, 1], got {args.iou}")
+    dataset = load_dataset(args.gt)
+    detections = read_detections(args.detections, dataset)
+    result = evaluate(dataset, detections, protocol=args.protocol, iou=args.iou, max_dets=args.max_dets)
+    print(result.format_table())
+    if args.json:
+        write_json(args.json, result.to_json())
+        logger.info("wrote %s", args.json)
+    return 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="SPEC", help="dataset spec")
+    parser.add_argument("--export-voc", type=Path, metavar="DIR", help="write the dataset as a VOC-style folder")
+    parser.add_argument("--export-coco", type=Path, metavar="FILE", help="write the ground truth as COCO instances JSON")
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    """Summarise a dataset (images, boxes per class, box sizes) and optionally export it."""
+    import numpy as np
+
+    from detection.atomic import write_json
+    from detection.datasets import load_dataset, to_coco_json, write_voc
+
+    dataset = load_dataset(args.data)
+    num_boxes = np.array([r.num_boxes for r in dataset])
+    counts = np.bincount(np.concatenate([r.labels for r in dataset] + [np.zeros(0, np.int64)]), minlength=dataset.num_classes)
+    sides = np.concatenate([np.sqrt((r.boxes[:, 2] - r.boxes[:, 0]) * (r.boxes[:, 3] - r.boxes[:, 1])) for r in dataset] + [np.zeros(0)])
+    print(f"dataset: {dataset.spec}  fingerprint {dataset.fingerprint()}")
+    print(f"images: {len(dataset)}  boxes: {int(num_boxes.sum())}  boxes/image: {num_boxes.mean():.2f}  images without boxes: {int((num_boxes == 0).sum())}")
+    if len(sides):
+        print(f"box side sqrt(w*h): min {sides.min():.0f}  median {np.median(sides):.0f}  max {sides.max():.0f} px")
+    width = max(len(name) for name in dataset.classes)
+    for name, count in zip(dataset.classes, counts):
+        print(f"  {name:<{width}}  {count}")
+    if args.export_voc:
+        ids = [r.image_id for r in dataset]
+        write_voc(dataset, args.export_voc, splits={"all": ids})
+        print(f"wrote VOC folder {args.export_voc} (spec voc:{args.export_voc})")
+    if args.export_coco:
+        write_json(args.export_coco, to_coco_json(dataset))
+        print(f"wrote COCO JSON {args.export_coco} (spec coco:{args.export_coco})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _add_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="synthetic:60:1", metavar="SPEC", help="dataset to run on (default synthetic:60:1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from detection.demo import run_demo
+
+    return run_demo(args.data, args.out, seed=args.seed)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
+    "evaluate": (_add_evaluate, _run_evaluate, "mean average precision of a detections file (ILSVRC, VOC07, VOC12, COCO@IoU)"),
+    "data": (_add_data, _run_data, "summarise a dataset spec; export it as VOC or COCO"),
+    "demo": (_add_demo, _run_demo, "the built-in demo on generated data"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rcnn", description="R-CNN-style detection after the GoogLeNet ILSVRC-2014 entry.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_arguments, _, help_text) in COMMANDS.items():
+        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command][1](args)
+    except DataError as error:
+        print(f"rcnn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as error:
+        # Configuration and argument faults: one line, no traceback from deep inside a library.
+        print(f"rcnn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
