@@ -362,7 +362,9 @@ def _load_json(path: Path) -> object:
 
 
 def read_coco(annotations: str | Path, image_dir: str | Path | None = None, spec: str | None = None) -> Dataset:
-    """Read COCO instances JSON. Image ids become strings; crowd boxes keep ``crowd=True``."""
+    """Read COCO instances JSON. Image ids become strings; ``iscrowd`` becomes ``crowd`` and the
+    optional per-annotation ``ignore`` flag (which :func:`to_coco_json` writes for VOC's
+    "difficult") becomes ``difficult``."""
     path = Path(annotations)
     data = _load_json(path)
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
@@ -387,7 +389,7 @@ def read_coco(annotations: str | Path, image_dir: str | Path | None = None, spec
             image_id, width, height = image["id"], int(image["width"]), int(image["height"])
         except (KeyError, TypeError, ValueError):
             raise DataError(path, f"image entry without id/width/height: {str(image)[:120]}") from None
-        boxes, labels, crowd = [], [], []
+        boxes, labels, crowd, ignore = [], [], [], []
         for ann in by_image.get(image_id, []):
             where = f"{path} annotation {ann.get('id')}"
             if ann.get("category_id") not in label_of:
@@ -401,6 +403,7 @@ def read_coco(annotations: str | Path, image_dir: str | Path | None = None, spec
             boxes.append(box_ops.xywh_to_xyxy(np.array([bbox]))[0])
             labels.append(label_of[ann["category_id"]])
             crowd.append(bool(ann.get("iscrowd", 0)))
+            ignore.append(bool(ann.get("ignore", 0)))
         file_name = image.get("file_name")
         records.append(
             ImageRecord(
@@ -410,6 +413,7 @@ def read_coco(annotations: str | Path, image_dir: str | Path | None = None, spec
                 height,
                 np.array(boxes, np.float32).reshape(-1, 4),
                 np.array(labels, np.int64),
+                difficult=np.array(ignore, bool),
                 crowd=np.array(crowd, bool),
             )
         )
