@@ -85,6 +85,79 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- propose
+
+
+def _add_propose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="SPEC", help="dataset spec")
+    parser.add_argument("--method", choices=["ss", "multibox", "merged"], help="default: the config's (merged)")
+    parser.add_argument("--ss-mode", choices=["fast", "quality", "uijlings_fast"], help="Selective Search recipe")
+    parser.add_argument("--superpixel-scale", type=float, help="multiplies the graph-segmentation k (2 = the paper)")
+    parser.add_argument("--multibox", metavar="CKPT", help="MultiBox checkpoint (methods multibox and merged)")
+    parser.add_argument("--top-k", type=int, help="MultiBox boxes kept per image (default 200)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--shard", type=int, default=0, help="this machine's shard of the store's chunks")
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="device for MultiBox in a single process (auto|cpu|cuda)")
+    parser.add_argument("--config", type=Path, help="YAML config whose 'proposals' section gives the defaults")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. proposals.selective_search.max_side=400")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="the proposal store directory")
+
+
+def _run_propose(args: argparse.Namespace) -> int:
+    from detection.config import load_config
+    from detection.datasets import load_dataset
+    from proposals.propose import proposal_config_from_args, run_proposals
+
+    config = load_config(args.config, args.set)
+    proposal_config = proposal_config_from_args(config.proposals, args.method, args.ss_mode, args.superpixel_scale, args.multibox, args.top_k)
+    dataset = load_dataset(args.data)
+    summary = run_proposals(dataset, proposal_config, args.out, workers=args.workers, shard=args.shard, num_shards=args.num_shards, device=args.device)
+    if summary.computed == 0:
+        print(f"{args.out}: nothing to compute, every chunk of this shard is already in the store")
+    if summary.failed:
+        print(f"failed images: {summary.failed} (no proposals; listed in {args.out}/meta.json)")
+    print(summary.line())
+    return 0
+
+
+# ----------------------------------------------------------------------------- recall
+
+
+def _add_recall(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="SPEC", help="dataset spec (its ground truth is what must be covered)")
+    parser.add_argument("--proposals", required=True, nargs="+", type=Path, metavar="DIR", help="one or more proposal stores")
+    parser.add_argument("--labels", nargs="+", metavar="NAME", help="a name per store (default: the directory names)")
+    parser.add_argument("--out", type=Path, metavar="REPORTDIR", help="write recall.md, recall.json and PNG plots here")
+
+
+def _run_recall(args: argparse.Namespace) -> int:
+    from detection.atomic import write_json, write_text
+    from detection.datasets import load_dataset
+    from eval.recall import format_recall_table, plot_recall, proposal_recall
+    from proposals.store import ProposalStore
+
+    labels = args.labels or [path.name for path in args.proposals]
+    if len(labels) != len(args.proposals):
+        raise ValueError(f"--labels names {len(labels)} stores but --proposals gives {len(args.proposals)}")
+    dataset = load_dataset(args.data)
+    results = []
+    for label, directory in zip(labels, args.proposals):
+        store = ProposalStore.open(directory, dataset)
+        boxes = {image_id: item.boxes for image_id, item in store.load_all().items()}
+        results.append(proposal_recall(dataset, boxes, label=label))
+    table = format_recall_table(results)
+    print(table)
+    if args.out:
+        write_text(args.out / "recall.md", f"# Proposal recall on {dataset.spec}\n\n{table}\n\n![](recall_vs_proposals.png)\n![](recall_vs_iou.png)\n")
+        write_json(args.out / "recall.json", {"dataset": dataset.spec, "stores": {r.label: r.to_json() for r in results}})
+        plot_recall(results, args.out)
+        print(f"wrote {args.out}/recall.md, recall.json, recall_vs_proposals.png, recall_vs_iou.png")
+    for result in results:
+        print(f"{result.label} recall@0.5={result.recall_50:.4f} boxes/image={result.boxes_per_image:.1f}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -105,6 +178,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "evaluate": (_add_evaluate, _run_evaluate, "mean average precision of a detections file (ILSVRC, VOC07, VOC12, COCO@IoU)"),
     "data": (_add_data, _run_data, "summarise a dataset spec; export it as VOC or COCO"),
+    "propose": (_add_propose, _run_propose, "compute region proposals (Selective Search, MultiBox, merged) into a resumable store"),
+    "recall": (_add_recall, _run_recall, "proposal recall (coverage) of one or more stores, with plots"),
     "demo": (_add_demo, _run_demo, "the built-in demo on generated data"),
 }
 
@@ -130,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ValueError, FileNotFoundError) as error:
         # Configuration and argument faults: one line, no traceback from deep inside a library.
+        if args.verbose:
+            raise
         print(f"rcnn {args.command}: error: {error}", file=sys.stderr)
         return 2
 

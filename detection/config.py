@@ -48,16 +48,6 @@ class EvaluationConfig:
     max_dets: int = 100
 
 
-@dataclass
-class Config:
-    """The whole configuration of a run; each pipeline stage reads its own section."""
-
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -123,15 +113,41 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
+def _field_default(cls: type, name: str) -> Any:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return None
+
+
+def from_dict(cls: type[T], values: dict[str, Any], where: str = "config", base: T | None = None) -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError.
+
+    Keys absent from ``values`` keep the value in ``base`` (or the field's default). A nested
+    section given in part keeps the *enclosing* default for the rest: a preset's defaults for a
+    sub-section survive an override of one of its keys.
+    """
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; {cls.__name__} has {', '.join(sorted(names))}")
-    kwargs = {key: _convert(value, hints[key], f"{where}.{key}") for key, value in values.items()}
-    return cls(**kwargs)
+    kwargs = {}
+    for key, value in values.items():
+        current = getattr(base, key) if base is not None else _field_default(cls, key)
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            kwargs[key] = from_dict(hints[key], value, f"{where}.{key}", base=current)
+        else:
+            kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
+    try:
+        if base is not None:
+            return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
+        return cls(**kwargs)
+    except ValueError as error:  # a dataclass's own validation
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -163,7 +179,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type[T] = Config) -> T:  # type: ignore[assignment]
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type[T] | None = None) -> T:
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
     values: dict[str, Any] = {}
     where = "config"
@@ -180,4 +196,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         values = loaded or {}
     values = apply_overrides(values, overrides or [])
-    return from_dict(cls, values, where)
+    return from_dict(cls or Config, values, where)  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- the run config
+# Each stage keeps its settings dataclass beside its code. They are imported here, after the
+# functions above exist, so a stage module may itself import ``from_dict``/``to_dict`` from here.
+
+from proposals.propose import ProposalConfig  # noqa: E402
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run; each pipeline stage reads its own section."""
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -52,3 +52,15 @@ def test_to_dict_round_trip():
     again = load_config(None, [f"{k}={v}" for k, v in [("seed", 9)]])
     assert to_dict(config) == to_dict(again)
     assert yaml.safe_load(yaml.safe_dump(to_dict(config)))["seed"] == 9
+
+
+def test_partial_nested_section_keeps_enclosing_defaults():
+    # ProposalConfig's default doubles the superpixels; overriding another key keeps that.
+    config = load_config(None, ["proposals.selective_search.max_side=400"])
+    assert config.proposals.selective_search.max_side == 400
+    assert config.proposals.selective_search.superpixel_scale == 2.0
+
+
+def test_section_validation_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="superpixel_scale must be positive"):
+        load_config(None, ["proposals.selective_search.superpixel_scale=-1"])
