@@ -158,6 +158,40 @@ def _run_recall(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- detect
+
+
+def _add_detect(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="SPEC", help="dataset spec")
+    parser.add_argument("--proposals", required=True, type=Path, metavar="DIR", help="proposal store of the same dataset")
+    parser.add_argument("--checkpoints", required=True, type=Path, metavar="DIR", help="directory of member*.pt files")
+    parser.add_argument("--members", default="all", help="all, a count N (the first N), or indices like 0,2,5")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--scores", type=Path, metavar="DIR", help="per-member score cache (default: OUT with .scores)")
+    parser.add_argument("--config", type=Path, help="YAML config whose 'detection' section gives NMS and thresholds")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. detection.nms_iou=0.3")
+    parser.add_argument("--coco", type=Path, metavar="FILE", help="also write COCO results")
+    parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="detections JSON")
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from detection.config import load_config
+    from detection.datasets import load_dataset
+    from detection.detection_files import write_coco_results, write_detections
+    from detection.pipeline import detections_from_scores, score_dataset
+
+    config = load_config(args.config, args.set)
+    dataset = load_dataset(args.data)
+    scores_dir = args.scores or args.out.with_suffix(".scores")
+    scores = score_dataset(dataset, args.proposals, args.checkpoints, scores_dir, args.members, args.device, config.detection)
+    detections = detections_from_scores(scores, config.detection)
+    write_detections(args.out, detections, dataset.classes)
+    if args.coco:
+        write_coco_results(args.coco, detections, dataset)
+    print(f"members: {scores.member_ids}  images: {len(dataset)}  detections: {len(detections)} -> {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -180,6 +214,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "data": (_add_data, _run_data, "summarise a dataset spec; export it as VOC or COCO"),
     "propose": (_add_propose, _run_propose, "compute region proposals (Selective Search, MultiBox, merged) into a resumable store"),
     "recall": (_add_recall, _run_recall, "proposal recall (coverage) of one or more stores, with plots"),
+    "detect": (_add_detect, _run_detect, "score proposals with an ensemble of region classifiers; per-class NMS; write detections"),
     "demo": (_add_demo, _run_demo, "the built-in demo on generated data"),
 }
 

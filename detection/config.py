@@ -203,6 +203,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # Each stage keeps its settings dataclass beside its code. They are imported here, after the
 # functions above exist, so a stage module may itself import ``from_dict``/``to_dict`` from here.
 
+from classifiers.region_classifier import RegionClassifierConfig  # noqa: E402
+from detection.pipeline import DetectConfig  # noqa: E402
 from proposals.propose import ProposalConfig  # noqa: E402
 
 
@@ -214,4 +216,6 @@ class Config:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    classifier: RegionClassifierConfig = field(default_factory=RegionClassifierConfig)
+    detection: DetectConfig = field(default_factory=DetectConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

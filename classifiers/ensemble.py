@@ -1,0 +1,153 @@
+"""Scoring warped crops with an ensemble of region classifiers.
+
+The crops of a batch of images are cut once (:func:`classifiers.crops.warp_crops`) and scored by
+every member; each member's softmax probabilities are kept (studies need them per member) and
+the ensemble's output is their mean, as in the paper. Members run in eval mode, channels_last,
+under :func:`torch.inference_mode`, in bfloat16 autocast where the hardware does it natively.
+
+Forward passes go in chunks of ``crops_per_batch``, chosen from a memory budget; when the device
+runs out of memory anyway, the chunk is halved and retried rather than the run dying.
+
+Shapes: M members, N crops, C classes; probabilities are ``(M, N, C + 1)``, output 0 background.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classifiers.inception import GoogLeNet
+from classifiers.region_classifier import RegionClassifierConfig, load_member
+from detection.checkpoints import CheckpointError, first_difference
+from detection.devices import autocast, resolve_device
+
+__all__ = ["Ensemble", "parse_members", "member_paths", "crops_per_batch_for_budget"]
+
+logger = logging.getLogger(__name__)
+
+MEMBER_FILE = re.compile(r"member(\d+)\.pt$")
+
+
+def member_paths(directory: str | Path) -> dict[int, Path]:
+    """``{index: path}`` of the ``member{i}.pt`` files in a checkpoints directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoints directory not found")
+    found = {int(m.group(1)): p for p in directory.iterdir() if (m := MEMBER_FILE.search(p.name))}
+    if not found:
+        raise CheckpointError(f"{directory}: no member*.pt checkpoints (train them with rcnn train)")
+    return dict(sorted(found.items()))
+
+
+def parse_members(spec: str, available: Sequence[int]) -> list[int]:
+    """``all`` -> every member; ``N`` -> the first N; ``i,j,k`` (or ``i,``) -> those indices."""
+    available = sorted(available)
+    spec = spec.strip()
+    if spec == "all":
+        return available
+    if "," in spec:
+        chosen = [int(part) for part in spec.split(",") if part.strip()]
+        missing = [i for i in chosen if i not in available]
+        if missing:
+            raise ValueError(f"--members {spec}: no checkpoint for member(s) {missing}; available {available}")
+        return chosen
+    if spec.isdigit():
+        count = int(spec)
+        if not 1 <= count <= len(available):
+            raise ValueError(f"--members {spec}: between 1 and {len(available)} members are available")
+        return available[:count]
+    raise ValueError(f"--members {spec!r}: use all, a count N, or indices like 0,2,5")
+
+
+def crops_per_batch_for_budget(crop_size: int, width: float, budget_mb: float) -> int:
+    """Crops per forward pass that fit ``budget_mb`` of activation memory (a rough, safe guess).
+
+    GoogLeNet's inference peak is about 60 input-sized float32 planes per crop at width 1
+    (the stem's 64-channel maps at half resolution dominate); it scales with width.
+    """
+    per_crop = 3 * crop_size * crop_size * 4 * 60 * max(width, 0.1)
+    return int(max(8, min(4096, budget_mb * 2**20 // per_crop)))
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+class Ensemble:
+    """Members trained for one class list with one crop geometry, scored together."""
+
+    def __init__(self, models: list[GoogLeNet], config: RegionClassifierConfig, classes: list[str], member_ids: list[int], device: torch.device, memory_budget_mb: float = 1024) -> None:
+        if not models:
+            raise ValueError("an ensemble needs at least one member")
+        self.models = models
+        self.config = config
+        self.classes = classes
+        self.member_ids = member_ids
+        self.device = device
+        self.crops_per_batch = crops_per_batch_for_budget(config.crop_size, config.width, memory_budget_mb)
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, classes: list[str], members: str = "all", device: str = "auto", memory_budget_mb: float = 1024) -> Ensemble:
+        """Load the chosen members; all must share one crop geometry and class list."""
+        paths = member_paths(directory)
+        chosen = parse_members(members, list(paths))
+        torch_device = resolve_device(device)
+        models, configs = [], []
+        for index in chosen:
+            model, config, _ = load_member(paths[index], classes, torch_device)
+            models.append(model)
+            configs.append(config)
+        for index, config in zip(chosen[1:], configs[1:]):
+            for key in ("crop_size", "context_padding"):
+                difference = first_difference(getattr(config, key), getattr(configs[0], key), f"{key}.")
+                if difference:
+                    raise CheckpointError(f"{paths[index]}: crop geometry differs from member {chosen[0]} ({difference})")
+        logger.info("ensemble of %d member(s) %s on %s", len(models), chosen, torch_device)
+        return cls(models, configs[0], classes, chosen, torch_device, memory_budget_mb)
+
+    def warp(self, images: Sequence[np.ndarray], boxes_per_image: Sequence[np.ndarray]) -> torch.Tensor:
+        """Normalised crops ``(N, 3, S, S)`` of every box, image-major, on the device."""
+        from classifiers.crops import warp_crops
+
+        return warp_crops(list(images), list(boxes_per_image), size=self.config.crop_size, padding=self.config.padding(), device=self.device)
+
+    @torch.inference_mode()
+    def score_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """Per-member softmax probabilities ``(M, N, C + 1)`` (float32, CPU) of ready crops."""
+        with autocast(self.device):
+            return torch.stack([torch.softmax(model(crops).float(), dim=1).cpu() for model in self.models])
+
+    def score(self, images: Sequence[np.ndarray], boxes_per_image: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Per image, per-member probabilities ``(M, B_i, C + 1)`` of its boxes.
+
+        Crops are cut and scored ``crops_per_batch`` at a time (all crops of a few images at 224 px
+        would not fit in memory); on out-of-memory the chunk is halved and retried.
+        """
+        counts = np.array([len(b) for b in boxes_per_image], dtype=np.int64)
+        total = int(counts.sum())
+        outputs = torch.empty((len(self.models), total, len(self.classes) + 1), dtype=torch.float32)
+        owner = np.repeat(np.arange(len(counts)), counts)
+        flat_boxes = np.concatenate([np.asarray(b, np.float32).reshape(-1, 4) for b in boxes_per_image] + [np.zeros((0, 4), np.float32)])
+        start = 0
+        while start < total:
+            stop = min(total, start + self.crops_per_batch)
+            used = np.unique(owner[start:stop])
+            try:
+                crops = self.warp([images[i] for i in used], [flat_boxes[start:stop][owner[start:stop] == i] for i in used])
+                outputs[:, start:stop] = self.score_crops(crops)
+            except (RuntimeError, torch.OutOfMemoryError) as error:
+                if not _is_out_of_memory(error) or self.crops_per_batch <= 1:
+                    raise
+                self.crops_per_batch = max(1, self.crops_per_batch // 2)
+                logger.warning("out of memory at %d crops per pass; retrying with %d", stop - start, self.crops_per_batch)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start = stop
+        return list(torch.split(outputs, counts.tolist(), dim=1))

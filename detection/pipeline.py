@@ -1,0 +1,181 @@
+"""Detection: proposals -> warped crops -> ensemble probabilities -> per-class NMS -> detections.
+
+The expensive part, scoring every proposal with every member, is kept on disk per member
+(``scores/`` beside the detections: chunks of images, written atomically, with the identity of
+the data, the proposal store and the member checkpoints in ``meta.json``). A rerun resumes at
+the first missing chunk, and any subset of the scored members gives its detections without
+running a network again: that is how single-model and ensemble results come from one scoring
+pass.
+
+Detections of an image, for each class c: proposals whose averaged probability of c is above
+``score_threshold``, per-class non-maximum suppression at ``nms_iou`` (R-CNN: 0.3), then the
+``max_per_image`` highest-scoring detections over all classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from detection.atomic import write_json, write_npz
+from detection.boxes import batched_nms
+from detection.problems import DataError, WarningTally
+from detection.records import Dataset, Detections
+
+__all__ = ["DetectConfig", "MemberScores", "score_dataset", "detections_from_scores"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DetectConfig:
+    """How scored proposals become detections (the ``detection`` section of a run config)."""
+
+    nms_iou: float = 0.3
+    score_threshold: float = 0.01
+    max_per_image: int = 100
+    images_per_batch: int = 2
+    memory_budget_mb: float = 1024
+    chunk_images: int = 16
+
+
+@dataclass
+class MemberScores:
+    """Per-member probabilities of every proposal of a dataset.
+
+    ``boxes[i]`` ``(B_i, 4)`` and ``probabilities[i]`` ``(M, B_i, C + 1)`` (float16 on disk) for
+    image ``image_ids[i]``; ``member_ids`` names the M members.
+    """
+
+    image_ids: list[str]
+    boxes: list[np.ndarray]
+    probabilities: list[np.ndarray]
+    member_ids: list[int]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def score_dataset(
+    dataset: Dataset,
+    proposals_dir: str | Path,
+    checkpoints_dir: str | Path,
+    scores_dir: str | Path,
+    members: str = "all",
+    device: str = "auto",
+    config: DetectConfig | None = None,
+    progress: bool = True,
+) -> MemberScores:
+    """Score every stored proposal with each chosen member, resuming from ``scores_dir``."""
+    from tqdm import tqdm
+
+    from classifiers.ensemble import Ensemble, member_paths, parse_members
+    from proposals.store import ProposalStore
+
+    config = config or DetectConfig()
+    scores_dir = Path(scores_dir)
+    store = ProposalStore.open(proposals_dir, dataset)
+    paths = member_paths(checkpoints_dir)
+    chosen = parse_members(members, list(paths))
+    identity = {
+        "dataset_fingerprint": dataset.fingerprint(),
+        "proposals": {"method": store.method, "params": store.params},
+        "members": {str(i): _file_digest(paths[i]) for i in chosen},
+        "chunk_images": config.chunk_images,
+    }
+    meta_path = scores_dir / "meta.json"
+    if meta_path.is_file():
+        stored = json.loads(meta_path.read_text())
+        if stored != identity:
+            raise ValueError(f"{scores_dir}: scores from other data, proposals or members; delete it or choose another --out")
+    else:
+        write_json(meta_path, identity)
+    proposals = store.load_all()
+    num_chunks = (len(dataset) + config.chunk_images - 1) // config.chunk_images
+    todo = [k for k in range(num_chunks) if not (scores_dir / f"chunk-{k:05d}.npz").is_file()]
+    tally = WarningTally(f"detect {dataset.spec}", logger)
+    ensemble = Ensemble.from_dir(checkpoints_dir, dataset.classes, members, device, config.memory_budget_mb) if todo else None
+    bar = tqdm(total=sum(min(config.chunk_images, len(dataset) - k * config.chunk_images) for k in todo), desc="scoring", unit="img", disable=not progress or not todo)
+    for chunk in todo:
+        indices = range(chunk * config.chunk_images, min(len(dataset), (chunk + 1) * config.chunk_images))
+        ids, boxes, probabilities = [], [], []
+        for batch_start in range(0, len(indices), config.images_per_batch):
+            batch = [dataset[i] for i in indices[batch_start : batch_start + config.images_per_batch]]
+            images, batch_boxes = [], []
+            for record in batch:
+                item = proposals[record.image_id]
+                image = None
+                if item.error:
+                    tally.warn("image without proposals (its proposal step failed), no detections", record.image_id, item.error)
+                else:
+                    try:
+                        image = dataset.load_image(record)
+                    except DataError as error:
+                        tally.warn("unreadable image, no detections", error.path, error.fault)
+                box_array = item.boxes if image is not None else np.zeros((0, 4), np.float32)
+                images.append(image if image is not None else np.zeros((1, 1, 3), np.uint8))
+                batch_boxes.append(box_array)
+            scored = ensemble.score(images, batch_boxes)  # type: ignore[union-attr]
+            for record, box_array, member_probabilities in zip(batch, batch_boxes, scored):
+                ids.append(record.image_id)
+                boxes.append(box_array)
+                probabilities.append(member_probabilities.numpy().astype(np.float16))
+            bar.update(len(batch))
+        counts = np.array([len(b) for b in boxes], dtype=np.int64)
+        write_npz(
+            scores_dir / f"chunk-{chunk:05d}.npz",
+            image_ids=np.array(ids, dtype=str),
+            offsets=np.concatenate([[0], np.cumsum(counts)]),
+            boxes=np.concatenate(boxes + [np.zeros((0, 4), np.float32)]).astype(np.float32),
+            probabilities=np.concatenate(probabilities + [np.zeros((len(chosen), 0, dataset.num_classes + 1), np.float16)], axis=1),
+        )
+    bar.close()
+    tally.log_summary()
+    return load_member_scores(scores_dir, dataset, chosen)
+
+
+def load_member_scores(scores_dir: str | Path, dataset: Dataset, member_ids: list[int]) -> MemberScores:
+    """Read a complete scores directory back, checking it covers ``dataset`` in order."""
+    scores_dir = Path(scores_dir)
+    meta = json.loads((scores_dir / "meta.json").read_text())
+    num_chunks = (len(dataset) + meta["chunk_images"] - 1) // meta["chunk_images"]
+    ids, boxes, probabilities = [], [], []
+    for chunk in range(num_chunks):
+        with np.load(scores_dir / f"chunk-{chunk:05d}.npz") as data:
+            offsets = data["offsets"]
+            for i, image_id in enumerate(data["image_ids"]):
+                ids.append(str(image_id))
+                boxes.append(data["boxes"][offsets[i] : offsets[i + 1]])
+                probabilities.append(data["probabilities"][:, offsets[i] : offsets[i + 1]])
+    if ids != [r.image_id for r in dataset]:
+        raise ValueError(f"{scores_dir}: holds other images than {dataset.spec}")
+    return MemberScores(ids, boxes, probabilities, member_ids)
+
+
+def _image_detections(image_id: str, boxes: np.ndarray, probabilities: np.ndarray, config: DetectConfig) -> Detections:
+    """Detections of one image from averaged probabilities ``(B, C + 1)``."""
+    class_scores = probabilities[:, 1:]
+    box_index, label = np.nonzero(class_scores > config.score_threshold)
+    if len(box_index) == 0:
+        return Detections.empty()
+    scores = class_scores[box_index, label]
+    keep = batched_nms(boxes[box_index], scores, label, config.nms_iou)[: config.max_per_image]
+    return Detections(np.full(len(keep), image_id, dtype=object), label[keep], scores[keep], boxes[box_index[keep]])
+
+
+def detections_from_scores(scores: MemberScores, config: DetectConfig, members: Sequence[int] | None = None) -> Detections:
+    """Detections of the ensemble of ``members`` (positions in ``scores.member_ids``; all if None)."""
+    chosen = list(range(len(scores.member_ids))) if members is None else list(members)
+    parts = []
+    for image_id, boxes, probabilities in zip(scores.image_ids, scores.boxes, scores.probabilities):
+        if len(boxes):
+            averaged = probabilities[chosen].astype(np.float32).mean(axis=0)
+            parts.append(_image_detections(image_id, boxes, averaged, config))
+    return Detections.concatenate(parts)
