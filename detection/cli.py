@@ -192,6 +192,35 @@ def _run_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- show
+
+
+def _add_show(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="SPEC", help="dataset spec")
+    parser.add_argument("--proposals", type=Path, metavar="DIR", help="a proposal store to draw (thin blue, first 100 per image)")
+    parser.add_argument("--detections", type=Path, metavar="FILE", help="detections to draw: true positives green, false positives red")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="draw detections at or above this score")
+    parser.add_argument("--images", nargs="+", metavar="ID", help="image ids to draw (default: the first --max-images)")
+    parser.add_argument("--max-images", type=int, default=12)
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR")
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from detection.datasets import load_dataset
+    from detection.detection_files import read_detections
+    from detection.visualize import write_gallery
+    from proposals.store import ProposalStore
+
+    dataset = load_dataset(args.data)
+    proposals = None
+    if args.proposals:
+        proposals = {image_id: item.boxes for image_id, item in ProposalStore.open(args.proposals, dataset).load_all().items()}
+    detections = read_detections(args.detections, dataset) if args.detections else None
+    paths = write_gallery(dataset, args.out, proposals, detections, args.images, args.score_threshold, args.max_images)
+    print(f"wrote {len(paths)} PNG files to {args.out} (ground truth white, missed orange, true positives green, false positives red, proposals blue)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -214,6 +243,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "data": (_add_data, _run_data, "summarise a dataset spec; export it as VOC or COCO"),
     "propose": (_add_propose, _run_propose, "compute region proposals (Selective Search, MultiBox, merged) into a resumable store"),
     "recall": (_add_recall, _run_recall, "proposal recall (coverage) of one or more stores, with plots"),
+    "show": (_add_show, _run_show, "draw ground truth, proposals and detections on images as PNG"),
     "detect": (_add_detect, _run_detect, "score proposals with an ensemble of region classifiers; per-class NMS; write detections"),
     "demo": (_add_demo, _run_demo, "the built-in demo on generated data"),
 }

@@ -145,13 +145,13 @@ class ProposalStore:
         """Create the directory, or check that an existing one was made with the same identity."""
         identity = self._identity()
         if self.meta_path.is_file():
-            self.check(json.loads(self.meta_path.read_text()), identity)
+            self.check(json.loads(self.meta_path.read_text()), identity, " Write to another directory, or delete this one.")
         else:
             if self.directory.is_dir() and any((self.directory / "chunks").glob("*.npz")):
                 raise StoreError(f"{self.directory}: has proposal chunks but no meta.json; refusing to mix them with a new run")
             write_json(self.meta_path, identity)
 
-    def check(self, meta: dict[str, Any], identity: dict[str, Any] | None = None) -> None:
+    def check(self, meta: dict[str, Any], identity: dict[str, Any] | None = None, hint: str = "") -> None:
         """Raise StoreError naming the first field in which ``meta`` differs from this store."""
         identity = identity or self._identity()
         for key in ("format_version", "dataset_fingerprint", "method", "params", "chunk_size", "num_images"):
@@ -159,7 +159,7 @@ class ProposalStore:
                 what = "dataset" if key in ("dataset_fingerprint", "num_images") else "settings"
                 raise StoreError(
                     f"{self.directory}: made for a different {what} ({key}: store has {meta.get(key)!r}, "
-                    f"this run has {identity[key]!r}; dataset {meta.get('dataset_spec')!r}). Use another --out, or delete it."
+                    f"this run has {identity[key]!r}; the store was made for {meta.get('dataset_spec')!r}).{hint}"
                 )
 
     # ---------------------------------------------------------------- writing
