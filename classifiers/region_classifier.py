@@ -90,7 +90,7 @@ def load_member(path: str | Path, classes: list[str], device: torch.device | str
             or weights that do not fit the stored architecture; the message names the file.
     """
     from detection.checkpoints import CheckpointError, load_checkpoint
-    from detection.config import from_dict
+    from detection.config_io import from_dict
 
     payload = load_checkpoint(path, MEMBER_KIND, classes=classes, map_location="cpu")
     try:

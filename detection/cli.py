@@ -221,6 +221,133 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- training
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML run config (configs/*.yaml); the defaults are the paper's setting")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=2")
+    parser.add_argument("--device", help="auto, cpu or cuda (default: the config's)")
+
+
+def _add_train_multibox(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="SPEC", help="training set")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes DIR/multibox.pt (resumes a run left there)")
+    _config_arguments(parser)
+
+
+def _run_train_multibox(args: argparse.Namespace) -> int:
+    from detection.config import load_config
+    from detection.datasets import load_dataset
+    from proposals.multibox_train import train_multibox
+
+    config = load_config(args.config, args.set)
+    path = train_multibox(config.multibox, load_dataset(args.data), args.out, args.device or config.device)
+    print(f"MultiBox checkpoint: {path}")
+    return 0
+
+
+def parse_member_list(spec: str) -> list[int]:
+    """``6`` -> members 0..5; ``0,2,5`` -> those members."""
+    if "," in spec:
+        return [int(part) for part in spec.split(",") if part.strip()]
+    if spec.isdigit() and int(spec) >= 1:
+        return list(range(int(spec)))
+    raise ValueError(f"--members {spec!r}: give a count (6) or indices (0,2,5)")
+
+
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="SPEC", help="training set")
+    parser.add_argument("--proposals", required=True, type=Path, metavar="DIR", help="proposal store of the training set")
+    parser.add_argument("--members", help="how many members (6) or which (0,2,5); default: the config's train.members")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes DIR/member{i}.pt; finished members are kept, interrupted ones resume")
+    _config_arguments(parser)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from classifiers.train import train_members
+    from detection.config import load_config
+    from detection.datasets import load_dataset
+    from proposals.store import ProposalStore
+
+    config = load_config(args.config, args.set)
+    members = parse_member_list(args.members) if args.members else None
+    train = config.train
+    if members and max(members) >= train.members:
+        train = dataclasses.replace(train, members=max(members) + 1)
+    dataset = load_dataset(args.data)
+    proposals = ProposalStore.open(args.proposals, dataset).load_all()
+    paths = train_members(dataset, proposals, config.classifier, train, args.out, members, args.device or config.device)
+    print(f"members: {len(paths)} -> {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+def _add_bench(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    detection = which.add_parser("detection", help="propose -> train members -> detect -> evaluate, with a report")
+    detection.add_argument("--data", metavar="SPEC", help="test set (replaces data.test)")
+    detection.add_argument("--train-data", metavar="SPEC", help="training set (replaces data.train)")
+    detection.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="RUNDIR")
+    detection.add_argument("--force", action="store_true", help="reuse a run directory made with another config, redoing the stages that changed")
+    _config_arguments(detection)
+    classification = which.add_parser("classification", help="top-1/top-5 error by crops (1, 10, 144) and members (Table 3)")
+    classification.add_argument("--data", required=True, metavar="SPEC", help="imagefolder:ROOT, or a detection dataset (its objects are classified)")
+    classification.add_argument("--checkpoints", required=True, type=Path, metavar="DIR", help="member*.pt files, e.g. RUNDIR/members")
+    classification.add_argument("--members", default="all")
+    classification.add_argument("--crops", type=int, nargs="+", default=[1, 10, 144], choices=[1, 10, 144])
+    classification.add_argument("--max-items", type=int, default=300, help="classify at most this many objects/images (a seeded sample)")
+    classification.add_argument("--device", default="auto")
+    classification.add_argument("--out", type=Path, metavar="DIR", help="write classification.md and classification.json here")
+    proposals = which.add_parser("proposals", help="recall of SS x1, SS x2, MultiBox and the merge on one dataset")
+    proposals.add_argument("--data", metavar="SPEC", help="dataset to cover (replaces data.test)")
+    proposals.add_argument("--train-data", metavar="SPEC", help="MultiBox training set (replaces data.train)")
+    proposals.add_argument("--out", type=Path, default=Path("runs/proposals"), metavar="DIR")
+    _config_arguments(proposals)
+
+
+def _bench_config(args: argparse.Namespace):  # noqa: ANN202
+    from detection.config import load_config
+
+    overrides = list(args.set)
+    if getattr(args, "data", None):
+        overrides.append(f"data.test={args.data}")
+    if getattr(args, "train_data", None):
+        overrides.append(f"data.train={args.train_data}")
+    return load_config(args.config, overrides)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from detection.atomic import write_json, write_text
+
+    if args.bench == "detection":
+        from detection.bench_detection import run_detection_benchmark
+
+        config = _bench_config(args)
+        run_detection_benchmark(config, args.out, force=args.force, device=args.device)
+        print((args.out / "report.md").read_text())
+        return 0
+    if args.bench == "classification":
+        from detection.bench_classification import run_classification_track
+        from detection.datasets import load_dataset
+
+        report = run_classification_track(load_dataset(args.data), args.checkpoints, args.members, tuple(args.crops), args.max_items, device=args.device)
+        print(report.table())
+        if args.out:
+            write_text(args.out / "classification.md", report.table() + "\n")
+            write_json(args.out / "classification.json", report.to_json())
+        return 0
+    from detection.bench_proposals import run_proposal_study
+
+    run_proposal_study(_bench_config(args), args.out, device=args.device)
+    print((args.out / "recall.md").read_text())
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -239,12 +366,15 @@ def _run_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- entry point
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
-    "evaluate": (_add_evaluate, _run_evaluate, "mean average precision of a detections file (ILSVRC, VOC07, VOC12, COCO@IoU)"),
     "data": (_add_data, _run_data, "summarise a dataset spec; export it as VOC or COCO"),
     "propose": (_add_propose, _run_propose, "compute region proposals (Selective Search, MultiBox, merged) into a resumable store"),
+    "train-multibox": (_add_train_multibox, _run_train_multibox, "train the MultiBox proposal network"),
     "recall": (_add_recall, _run_recall, "proposal recall (coverage) of one or more stores, with plots"),
-    "show": (_add_show, _run_show, "draw ground truth, proposals and detections on images as PNG"),
+    "train": (_add_train, _run_train, "fine-tune region classifier members (R-CNN windows) on stored proposals"),
     "detect": (_add_detect, _run_detect, "score proposals with an ensemble of region classifiers; per-class NMS; write detections"),
+    "evaluate": (_add_evaluate, _run_evaluate, "mean average precision of a detections file (ILSVRC, VOC07, VOC12, COCO@IoU)"),
+    "show": (_add_show, _run_show, "draw ground truth, proposals and detections on images as PNG"),
+    "bench": (_add_bench, _run_bench, "benchmarks: detection (end to end), classification (Table 3), proposals (recall study)"),
     "demo": (_add_demo, _run_demo, "the built-in demo on generated data"),
 }
 

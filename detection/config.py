@@ -8,29 +8,33 @@ A config file maps section names to the fields of :class:`Config`'s sections::
     evaluation:
       protocol: ilsvrc
 
-Unknown keys and values of the wrong type are errors naming the file and the key. Command lines
-override single values with ``--set section.key=value`` (the value is parsed as YAML, so
+Each stage keeps its section's dataclass beside its code (``proposals`` in
+:mod:`proposals.propose`, ``multibox`` in :mod:`proposals.multibox`, ``classifier`` in
+:mod:`classifiers.region_classifier`, ``train`` in :mod:`classifiers.train`, ``detection`` in
+:mod:`detection.pipeline`); this module gathers them. Unknown keys and values of the wrong type
+are errors naming the file and the key (:mod:`detection.config_io`). Command lines override
+single values with ``--set section.key=value`` (the value is parsed as YAML, so
 ``--set evaluation.iou=0.7`` gives a float). Only ``yaml.safe_load`` is used.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "DataConfig", "EvaluationConfig", "Config", "load_config", "from_dict", "apply_overrides", "to_dict"]
+from classifiers.region_classifier import RegionClassifierConfig
+from classifiers.train import TrainConfig
+from detection.config_io import ConfigError, apply_overrides, from_dict, to_dict
+from detection.pipeline import DetectConfig
+from proposals.multibox import MultiBoxConfig
+from proposals.propose import ProposalConfig
+
+__all__ = ["ConfigError", "DataConfig", "EvaluationConfig", "BenchConfig", "Config", "load_config", "from_dict", "apply_overrides", "to_dict"]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the dataclasses; the message says where."""
 
 
 @dataclass
@@ -48,135 +52,31 @@ class EvaluationConfig:
     max_dets: int = 100
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+@dataclass
+class BenchConfig:
+    """The ``bench`` section: what the benchmark report adds on top of the pipeline."""
+
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+    max_subsets: int = 20
+    gallery_images: int = 6
+    workers: int = 1
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (converting int -> float, lists -> tuples)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for section {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return _convert(value, option, where)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {_type_name(tp)}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        items = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    return value
+@dataclass
+class Config:
+    """The whole configuration of a run; each pipeline stage reads its own section."""
 
-
-def _field_default(cls: type, name: str) -> Any:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-    return None
-
-
-def from_dict(cls: type[T], values: dict[str, Any], where: str = "config", base: T | None = None) -> T:
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError.
-
-    Keys absent from ``values`` keep the value in ``base`` (or the field's default). A nested
-    section given in part keeps the *enclosing* default for the rest: a preset's defaults for a
-    sub-section survive an override of one of its keys.
-    """
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; {cls.__name__} has {', '.join(sorted(names))}")
-    kwargs = {}
-    for key, value in values.items():
-        current = getattr(base, key) if base is not None else _field_default(cls, key)
-        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
-            kwargs[key] = from_dict(hints[key], value, f"{where}.{key}", base=current)
-        else:
-            kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
-    try:
-        if base is not None:
-            return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
-        return cls(**kwargs)
-    except ValueError as error:  # a dataclass's own validation
-        raise ConfigError(f"{where}: {error}") from None
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """A dataclass config as plain data (tuples as lists), ready for YAML or JSON."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(dataclasses.asdict(config))
-
-
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a nested mapping (values parsed as YAML)."""
-    for override in overrides:
-        dotted, sep, raw = override.partition("=")
-        if not sep or not dotted:
-            raise ConfigError(f"--set {override!r}: expected section.key=value")
-        keys = dotted.strip().split(".")
-        node = values
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {override!r}: '{key}' is not a section")
-        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    return values
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    multibox: MultiBoxConfig = field(default_factory=MultiBoxConfig)
+    classifier: RegionClassifierConfig = field(default_factory=RegionClassifierConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    detection: DetectConfig = field(default_factory=DetectConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type[T] | None = None) -> T:
@@ -197,25 +97,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         values = loaded or {}
     values = apply_overrides(values, overrides or [])
     return from_dict(cls or Config, values, where)  # type: ignore[return-value]
-
-
-# ----------------------------------------------------------------------------- the run config
-# Each stage keeps its settings dataclass beside its code. They are imported here, after the
-# functions above exist, so a stage module may itself import ``from_dict``/``to_dict`` from here.
-
-from classifiers.region_classifier import RegionClassifierConfig  # noqa: E402
-from detection.pipeline import DetectConfig  # noqa: E402
-from proposals.propose import ProposalConfig  # noqa: E402
-
-
-@dataclass
-class Config:
-    """The whole configuration of a run; each pipeline stage reads its own section."""
-
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    proposals: ProposalConfig = field(default_factory=ProposalConfig)
-    classifier: RegionClassifierConfig = field(default_factory=RegionClassifierConfig)
-    detection: DetectConfig = field(default_factory=DetectConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -48,7 +48,7 @@ class ProposalConfig:
 
     def store_params(self) -> dict[str, Any]:
         """What defines the store's contents (a store made with other values is refused)."""
-        from detection.config import to_dict
+        from detection.config_io import to_dict
 
         params: dict[str, Any] = {"method": self.method}
         if self.method in ("ss", "merged"):

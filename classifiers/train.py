@@ -1,0 +1,617 @@
+"""Fine-tuning the region classifier R-CNN style, one ensemble member at a time, resumably.
+
+A member is a GoogLeNet with C + 1 outputs (:mod:`classifiers.region_classifier`) trained on
+warped windows (:mod:`classifiers.crops`) drawn by :class:`classifiers.sampling.WindowSampler`:
+batches of 128 windows, 32 foreground and 96 background, from a few images each. The recipe is
+the paper's (section 6): SGD with momentum 0.9, the learning rate down 4% every 8 epochs
+(``schedule: step``), Polyak averaging for the final model; plus R-CNN's mirroring and
+photometric distortions (brightness, contrast, hue, saturation: albumentations, seeded).
+
+Seeds. All members start from the same initial weights, drawn from ``train.seed`` (the paper's
+members did too, "mainly because of an oversight", and differed "only in sampling methodologies
+and the random order in which they see input images"). Member ``m`` then uses
+``member_seed = train.seed * 1000 + m`` for dropout, and the sampler's streams
+``SeedSequence([train.seed, m, epoch])`` for the image order, the window draws, the mirror flags
+and the per-batch distortion seeds.
+
+Polyak averaging is an exponential moving average (:class:`torch.optim.swa_utils.AveragedModel`
+with ``use_buffers=True``, so batch-norm statistics are averaged too) whose decay warms up as
+``min(polyak, (1 + n) / (10 + n))`` after ``n`` updates: with a fixed 0.999 a short CPU run would
+still be half its random initialisation after 700 steps.
+
+Checkpoints. After every epoch the member's file is rewritten atomically with the averaged
+weights as ``model`` (what :func:`classifiers.region_classifier.load_member` reads) and, in
+``extra``, everything resuming needs: the live model, the optimizer, the average's update count,
+the finished epoch, the torch / numpy / python RNG states and the sampler's settings. Rerunning
+with the same settings resumes after the last finished epoch and ends with bit-identical weights
+to an uninterrupted run (on the CPU, with the same thread count). A finished member is not
+retrained; its file then drops the resume state. A file made with another classifier or train
+config, member, dataset or class list is refused (``CheckpointError``); ``members``,
+``num_threads`` and ``cache_images`` may change between runs, since they do not change what a
+member learns.
+
+Distributed training (torchrun + DDP) is left for later; the pieces are shaped for it:
+:func:`train_step` is the whole per-batch update (wrap the model in DDP and pass it in), and
+shards of an epoch's batches by rank would be ``batches[rank::world_size]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from classifiers.crops import warp_crops
+from classifiers.inception import GoogLeNet, GoogLeNetOutputs, googlenet_loss
+from classifiers.region_classifier import MEMBER_KIND, RegionClassifierConfig, build_region_classifier
+from classifiers.sampling import ImageWindows, WindowBatch, WindowSampler, build_training_windows
+from detection.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
+from detection.config_io import to_dict
+from detection.devices import autocast, prepare_model, resolve_device
+from detection.problems import DataError, WarningTally
+from detection.records import Dataset
+from proposals.store import ImageProposals
+
+__all__ = [
+    "TrainConfig",
+    "StepResult",
+    "EpochStats",
+    "member_seed",
+    "member_path",
+    "learning_rate",
+    "build_photometric",
+    "train_step",
+    "train_member",
+    "train_members",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Train-config fields that may differ when resuming: they do not change what a member learns.
+RESUME_NEUTRAL_FIELDS = ("members", "num_threads", "cache_images")
+
+
+@dataclass
+class TrainConfig:
+    """The ``train`` section: how members are fine-tuned (defaults: the paper / R-CNN recipe).
+
+    Attributes:
+        epochs: passes over the training images (each image is visited once per epoch).
+        batch_size, fg_fraction: windows per batch and their foreground share (R-CNN: 128, 0.25).
+        images_per_batch: images each batch draws its windows from (see classifiers.sampling).
+        fg_iou, bg_iou_low, bg_iou_high: window labelling thresholds (R-CNN: 0.5, [0, 0.5)).
+        lr, momentum, weight_decay: SGD (R-CNN fine-tuning: 0.001 from ImageNet weights, 0.9, 5e-4).
+        schedule: ``step`` (the paper: lr times ``lr_decay`` every ``decay_epochs`` epochs) or
+            ``cosine`` (per step, from lr down to 0 over the run).
+        polyak: decay of the exponential moving average of the weights; the saved model is the
+            average. 0 saves the live weights.
+        hflip: mirror each window with probability 0.5.
+        photometric: random brightness / contrast / hue / saturation per image and batch.
+        members: ensemble size (the paper: 6).
+        seed: base seed of every member (see the module note).
+        num_threads: torch CPU threads while training; None leaves torch's default.
+        cache_images: keep decoded images in memory for the whole run (a few hundred MB for
+            BCCD; turn it off for ILSVRC-sized sets).
+    """
+
+    epochs: int = 16
+    batch_size: int = 128
+    fg_fraction: float = 0.25
+    images_per_batch: int = 2
+    fg_iou: float = 0.5
+    bg_iou_low: float = 0.0
+    bg_iou_high: float = 0.5
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["step", "cosine"] = "step"
+    lr_decay: float = 0.96
+    decay_epochs: int = 8
+    polyak: float = 0.999
+    hflip: bool = True
+    photometric: bool = True
+    members: int = 6
+    seed: int = 0
+    num_threads: int | None = None
+    cache_images: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "images_per_batch", "decay_epochs", "members"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.fg_fraction <= 1.0:
+            raise ValueError(f"fg_fraction must lie in [0, 1], got {self.fg_fraction}")
+        if not 0.0 <= self.bg_iou_low <= self.bg_iou_high <= self.fg_iou <= 1.0:
+            raise ValueError(f"need 0 <= bg_iou_low <= bg_iou_high <= fg_iou <= 1, got {self.bg_iou_low}, {self.bg_iou_high}, {self.fg_iou}")
+        if not 0.0 <= self.polyak < 1.0:
+            raise ValueError(f"polyak must lie in [0, 1), got {self.polyak}")
+        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.lr_decay <= 0:
+            raise ValueError("lr and lr_decay must be > 0, momentum and weight_decay >= 0")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclass
+class StepResult:
+    """What one update reports: the batch loss and window counts for the accuracies."""
+
+    loss: float
+    fg_correct: int
+    fg_total: int
+    bg_correct: int
+    bg_total: int
+
+
+@dataclass
+class EpochStats:
+    """Means over an epoch's batches (accuracies over its windows, from the training forward)."""
+
+    epoch: int
+    loss: float
+    fg_accuracy: float
+    bg_accuracy: float
+    lr: float
+    seconds: float
+    batches: int
+    windows: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+
+def member_seed(train: TrainConfig, member: int) -> int:
+    """The seed of member ``member``'s dropout: ``train.seed * 1000 + member``."""
+    return train.seed * 1000 + member
+
+
+def member_path(out_dir: str | Path, member: int) -> Path:
+    """Where member ``member`` of a run lives: ``out_dir/member{member}.pt``."""
+    return Path(out_dir) / f"member{member}.pt"
+
+
+def learning_rate(train: TrainConfig, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+    """The learning rate at ``step`` (0-based) of epoch ``epoch`` (0-based)."""
+    if train.schedule == "step":
+        return train.lr * train.lr_decay ** (epoch // train.decay_epochs)
+    progress = (epoch * steps_per_epoch + step) / max(1, train.epochs * steps_per_epoch)
+    return 0.5 * train.lr * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+class _ImageSource:
+    """Decodes training images, optionally keeping them; unreadable ones are counted and skipped."""
+
+    def __init__(self, dataset: Dataset, cache: bool) -> None:
+        self.dataset = dataset
+        self.cache = cache
+        self.images: dict[int, np.ndarray] = {}
+        self.unreadable: set[int] = set()
+        self.tally = WarningTally(f"{dataset.spec} (training)", logger)
+
+    def get(self, index: int) -> np.ndarray | None:
+        """uint8 RGB ``(H, W, 3)``, or None for an image that cannot be read."""
+        if index in self.images:
+            return self.images[index]
+        if index in self.unreadable:
+            return None
+        try:
+            image = self.dataset.load_image(index)
+        except DataError as error:
+            self.unreadable.add(index)
+            self.tally.warn("unreadable image skipped", error.path, error.fault)
+            return None
+        if self.cache:
+            self.images[index] = image
+        return image
+
+
+def build_photometric() -> Any:
+    """R-CNN-style colour jitter: modest brightness/contrast and hue/saturation/value shifts."""
+    import albumentations as A
+
+    return A.Compose(
+        [
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+            A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=15, val_shift_limit=10, p=0.5),
+        ]
+    )
+
+
+def _distort(images: list[np.ndarray], transform: Any, seed: int) -> list[np.ndarray]:
+    """Apply ``transform`` to each image with draws fixed by ``seed`` (one draw per image)."""
+    transform.set_random_seed(seed)
+    return [transform(image=image)["image"] for image in images]
+
+
+def _batch_inputs(
+    batch: WindowBatch,
+    source: _ImageSource,
+    classifier: RegionClassifierConfig,
+    device: torch.device,
+    photometric: Any | None,
+) -> tuple[Tensor, Tensor] | None:
+    """Warped, mirrored crops ``(W, 3, S, S)`` and labels ``(W,)`` of a batch on ``device``.
+
+    Windows of unreadable images are dropped; None when fewer than two windows remain (batch
+    norm cannot train on one).
+    """
+    counts = [len(boxes) for boxes in batch.boxes]
+    owner = np.repeat(np.arange(len(counts)), counts)
+    images, boxes, keep = [], [], np.zeros(len(owner), dtype=bool)
+    for j, index in enumerate(batch.image_indices):
+        image = source.get(index)
+        if image is None:
+            continue
+        images.append(image)
+        boxes.append(batch.boxes[j])
+        keep |= owner == j
+    if keep.sum() < 2:
+        return None
+    if photometric is not None:
+        images = _distort(images, photometric, batch.aug_seed)
+    crops = warp_crops(images, boxes, size=classifier.crop_size, padding=classifier.padding(), device=device)
+    flips = torch.from_numpy(batch.flips[keep]).to(device).view(-1, 1, 1, 1)
+    crops = torch.where(flips, crops.flip(-1), crops).contiguous(memory_format=torch.channels_last)
+    labels = torch.from_numpy(batch.labels[keep]).to(device)
+    return crops, labels
+
+
+# ----------------------------------------------------------------------------- one update
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, crops: Tensor, labels: Tensor, aux_weight: float, device: torch.device) -> StepResult:
+    """One SGD update on a batch: forward (with the auxiliary heads), loss, backward, step.
+
+    Args:
+        model: the live network in training mode (a DDP wrapper works the same).
+        crops: ``(W, 3, S, S)`` normalised crops. labels: ``(W,)`` int64, 0 = background.
+        aux_weight: weight of each auxiliary loss (0.3 in the paper).
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device):
+        outputs = model(crops)
+        loss = googlenet_loss(outputs, labels, aux_weight)
+    loss.backward()
+    optimizer.step()
+    logits = outputs.logits if isinstance(outputs, GoogLeNetOutputs) else outputs
+    with torch.no_grad():
+        correct = logits.argmax(dim=1) == labels
+        foreground = labels != 0
+        return StepResult(
+            loss=float(loss.detach()),
+            fg_correct=int((correct & foreground).sum()),
+            fg_total=int(foreground.sum()),
+            bg_correct=int((correct & ~foreground).sum()),
+            bg_total=int((~foreground).sum()),
+        )
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor | int], None]:
+    """An AveragedModel ``multi_avg_fn``: EMA whose decay ramps up as ``(1 + n) / (10 + n)``."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor | int) -> None:
+        n = int(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:
+            # Integer buffers (batch norm's num_batches_tracked) just follow the live model.
+            for a, c in zip(averaged, current):
+                a.copy_(c)
+
+    return update
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """The global RNG states as plain data and tensors (``weights_only`` loads them)."""
+    keys, position, has_gauss, cached = np.random.get_state()[1:]
+    version, python_state, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": list(python_state), "gauss_next": gauss_next},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass
+class _Member:
+    """Everything that changes while a member trains."""
+
+    model: GoogLeNet
+    averaged: AveragedModel
+    optimizer: torch.optim.SGD
+    epoch: int = 0
+    history: list[dict[str, float | int]] = field(default_factory=list)
+
+
+def _run_config(dataset: Dataset, classifier: RegionClassifierConfig, train: TrainConfig, member: int) -> dict[str, Any]:
+    """The checkpoint's ``config``: the two sections load_member and resuming read, and identity."""
+    return {
+        "classifier": to_dict(classifier),
+        "train": to_dict(train),
+        "member": {"index": member, "seed": member_seed(train, member)},
+        "data": {"spec": dataset.spec, "fingerprint": dataset.fingerprint()},
+    }
+
+
+def _check_resumable(path: Path, payload: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose settings differ from this run's (naming the first difference)."""
+
+    def semantic(train: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in train.items() if k not in RESUME_NEUTRAL_FIELDS}
+
+    stored = payload.get("config", {})
+    pairs = {
+        "classifier": (stored.get("classifier"), expected["classifier"]),
+        "train": (semantic(stored.get("train") or {}), semantic(expected["train"])),
+        "member": (stored.get("member"), expected["member"]),
+        "data.fingerprint": ((stored.get("data") or {}).get("fingerprint"), expected["data"]["fingerprint"]),
+    }
+    for section, (old, new) in pairs.items():
+        difference = first_difference(old, new, f"{section}.")
+        if difference:
+            raise CheckpointError(
+                f"{path}: made with another configuration ({difference}); delete it to train this member afresh, or write elsewhere"
+            )
+
+
+def _new_member(classifier: RegionClassifierConfig, train: TrainConfig, num_classes: int, device: torch.device) -> _Member:
+    """Initial weights from ``train.seed`` (shared by all members), the optimizer and the average."""
+    torch.manual_seed(train.seed)
+    model = prepare_model(build_region_classifier(classifier, num_classes), device)
+    averaged = AveragedModel(model, multi_avg_fn=_ema_with_warmup(train.polyak), use_buffers=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    return _Member(model, averaged, optimizer)
+
+
+def _save(path: Path, run_config: dict[str, Any], classes: list[str], state: _Member, device: torch.device, finished: bool, info: dict[str, Any]) -> None:
+    """Write the member file atomically; resume state is kept until the member is finished."""
+    extra: dict[str, Any] = {"epoch": state.epoch, "finished": finished, "history": state.history, "n_averaged": int(state.averaged.n_averaged), **info}
+    if not finished:
+        extra.update(
+            {
+                "live_model": state.model.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
+                "rng": _rng_state(device),
+            }
+        )
+    save_checkpoint(path, MEMBER_KIND, run_config, classes, state.averaged.module.state_dict(), extra)
+
+
+def _restore(path: Path, payload: dict[str, Any], state: _Member, device: torch.device) -> None:
+    """Load an unfinished member's resume state into ``state`` (and the global RNGs)."""
+    extra = payload["extra"]
+    missing = [k for k in ("live_model", "optimizer", "rng", "epoch", "n_averaged") if k not in extra]
+    if missing:
+        raise CheckpointError(f"{path}: unfinished member without resume state (missing {missing}); delete it to retrain")
+    state.model.load_state_dict(extra["live_model"])
+    state.averaged.module.load_state_dict(payload["model"])
+    state.averaged.n_averaged.fill_(int(extra["n_averaged"]))
+    state.optimizer.load_state_dict(extra["optimizer"])
+    state.epoch = int(extra["epoch"])
+    state.history = list(extra.get("history", []))
+    _set_rng_state(extra["rng"], device)
+
+
+@contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run with ``num_threads`` torch CPU threads, restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- epochs
+
+
+def _run_epoch(
+    state: _Member,
+    sampler: WindowSampler,
+    source: _ImageSource,
+    classifier: RegionClassifierConfig,
+    train: TrainConfig,
+    device: torch.device,
+    photometric: Any | None,
+    label: str,
+    progress: bool,
+) -> EpochStats:
+    """Train one epoch (``state.epoch``) and update the Polyak average after every step."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    losses: list[float] = []
+    fg = [0, 0]
+    bg = [0, 0]
+    windows = 0
+    lr = learning_rate(train, state.epoch, 0, len(sampler))
+    aux_weight = state.model.config.aux_weight
+    bar = tqdm(sampler.epoch(state.epoch), total=len(sampler), desc=label, unit="batch", disable=not progress, leave=False)
+    for step, batch in enumerate(bar):
+        inputs = _batch_inputs(batch, source, classifier, device, photometric)
+        if inputs is None:
+            continue
+        lr = learning_rate(train, state.epoch, step, len(sampler))
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        result = train_step(state.model, state.optimizer, inputs[0], inputs[1], aux_weight, device)
+        state.averaged.update_parameters(state.model)
+        losses.append(result.loss)
+        fg[0] += result.fg_correct
+        fg[1] += result.fg_total
+        bg[0] += result.bg_correct
+        bg[1] += result.bg_total
+        windows += len(inputs[1])
+        bar.set_postfix(loss=f"{result.loss:.3f}")
+    bar.close()
+    if not losses:
+        raise RuntimeError(f"{label}: no batch could be trained (every image unreadable?)")
+    return EpochStats(
+        epoch=state.epoch + 1,
+        loss=float(np.mean(losses)),
+        fg_accuracy=fg[0] / fg[1] if fg[1] else float("nan"),
+        bg_accuracy=bg[0] / bg[1] if bg[1] else float("nan"),
+        lr=lr,
+        seconds=time.perf_counter() - started,
+        batches=len(losses),
+        windows=windows,
+    )
+
+
+def _log_epoch(member: int, train: TrainConfig, stats: EpochStats) -> None:
+    logger.info(
+        "member %d epoch %d/%d: loss %.4f  fg acc %.3f  bg acc %.3f  lr %.6g  %.1f s (%.3f s/batch, %d windows)",
+        member, stats.epoch, train.epochs, stats.loss, stats.fg_accuracy, stats.bg_accuracy, stats.lr,
+        stats.seconds, stats.seconds / max(1, stats.batches), stats.windows,
+    )
+
+
+# ----------------------------------------------------------------------------- public entry points
+
+
+def _finished_or_resume(path: Path, dataset: Dataset, run_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint already at ``path`` (checked against this run), or None if there is none."""
+    if not path.exists():
+        return None
+    payload = load_checkpoint(path, MEMBER_KIND, classes=dataset.classes)
+    _check_resumable(path, payload, run_config)
+    return payload
+
+
+def train_member(
+    dataset: Dataset,
+    proposals: Mapping[str, ImageProposals],
+    classifier: RegionClassifierConfig,
+    train: TrainConfig,
+    member: int,
+    out_path: str | Path,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    windows: list[ImageWindows] | None = None,
+) -> Path:
+    """Train (or resume, or skip when finished) ensemble member ``member`` into ``out_path``.
+
+    Args:
+        dataset: the training images and ground truth.
+        proposals: image id -> stored proposals (``ProposalStore.load_all()``).
+        classifier: network and crop settings (the checkpoint's ``classifier`` section).
+        train: the recipe (its ``train`` section).
+        member: the member's index; it selects the sampling streams and the dropout seed.
+        out_path: the member's checkpoint; an unfinished one there is resumed.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        progress: show a progress bar per epoch.
+        windows: labelled windows from :func:`build_training_windows` (computed when None; pass
+            them to share the work between members).
+    Returns:
+        ``out_path``; ``load_member(out_path, dataset.classes)`` gives the averaged network.
+    Raises:
+        CheckpointError: a file at ``out_path`` made with other settings, data or classes.
+    """
+    path = Path(out_path)
+    torch_device = resolve_device(str(device))
+    run_config = _run_config(dataset, classifier, train, member)
+    payload = _finished_or_resume(path, dataset, run_config)
+    if payload is not None and int(payload["extra"].get("epoch", 0)) >= train.epochs:
+        logger.info("member %d already trained (%d epochs): %s", member, train.epochs, path)
+        return path
+    if windows is None:
+        windows, _ = build_training_windows(dataset, proposals, train.fg_iou, train.bg_iou_low, train.bg_iou_high)
+    sampler = WindowSampler(windows, train.batch_size, train.fg_fraction, train.images_per_batch, train.hflip, train.seed, member)
+    source = _ImageSource(dataset, train.cache_images)
+    photometric = build_photometric() if train.photometric else None
+    info = {"member_seed": member_seed(train, member), "sampler": sampler.state_dict(), "epochs": train.epochs}
+
+    fork_devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
+    # The caller's torch RNG is left as it was; training draws from its own seeded stream.
+    with torch.random.fork_rng(devices=fork_devices), _torch_threads(train.num_threads):
+        state = _new_member(classifier, train, dataset.num_classes, torch_device)
+        torch.manual_seed(member_seed(train, member))
+        if payload is not None:
+            _restore(path, payload, state, torch_device)
+            logger.info("member %d: resuming after epoch %d of %d from %s", member, state.epoch, train.epochs, path)
+        while state.epoch < train.epochs:
+            label = f"member {member} epoch {state.epoch + 1}/{train.epochs}"
+            stats = _run_epoch(state, sampler, source, classifier, train, torch_device, photometric, label, progress)
+            state.epoch += 1
+            state.history.append(stats.as_dict())
+            _log_epoch(member, train, stats)
+            info["unreadable_images"] = len(source.unreadable)
+            _save(path, run_config, dataset.classes, state, torch_device, state.epoch >= train.epochs, info)
+    source.tally.log_summary()
+    return path
+
+
+def train_members(
+    dataset: Dataset,
+    proposals: Mapping[str, ImageProposals],
+    classifier: RegionClassifierConfig,
+    train: TrainConfig,
+    out_dir: str | Path,
+    members: list[int] | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> list[Path]:
+    """Train members one after another into ``out_dir/member{i}.pt`` (default: all ``train.members``).
+
+    Finished members are skipped and an interrupted one resumes, so rerunning the same command
+    continues where it stopped.
+    """
+    chosen = list(range(train.members)) if members is None else list(members)
+    if any(m < 0 for m in chosen):
+        raise ValueError(f"member indices must be >= 0, got {chosen}")
+    windows: list[ImageWindows] | None = None
+    paths = []
+    for member in chosen:
+        path = member_path(out_dir, member)
+        if windows is None and not _is_finished(path, train):
+            windows, _ = build_training_windows(dataset, proposals, train.fg_iou, train.bg_iou_low, train.bg_iou_high)
+        paths.append(train_member(dataset, proposals, classifier, train, member, path, device, progress, windows=windows))
+    return paths
+
+
+def _is_finished(path: Path, train: TrainConfig) -> bool:
+    """A cheap look at whether ``path`` holds a finished member (train_member checks it properly)."""
+    if not path.is_file():
+        return False
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return int(payload["extra"].get("epoch", 0)) >= train.epochs
+    except Exception:  # unreadable files are train_member's to report
+        return False
