@@ -25,7 +25,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
-	$(VENV)/bin/rcnn demo
+	$(VENV)/bin/rcnn bench detection --config configs/demo.yaml --out runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

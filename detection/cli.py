@@ -348,19 +348,19 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- demo
+# ----------------------------------------------------------------------------- simulate
 
 
-def _add_demo(parser: argparse.ArgumentParser) -> None:
+def _add_simulate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic:60:1", metavar="SPEC", help="dataset to run on (default synthetic:60:1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
+    parser.add_argument("--out", type=Path, default=Path("runs/simulated"), metavar="DIR")
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    from detection.demo import run_demo
+def _run_simulate(args: argparse.Namespace) -> int:
+    from detection.simulate import run_simulation
 
-    return run_demo(args.data, args.out, seed=args.seed)
+    return run_simulation(args.data, args.out, seed=args.seed)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -375,7 +375,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "evaluate": (_add_evaluate, _run_evaluate, "mean average precision of a detections file (ILSVRC, VOC07, VOC12, COCO@IoU)"),
     "show": (_add_show, _run_show, "draw ground truth, proposals and detections on images as PNG"),
     "bench": (_add_bench, _run_bench, "benchmarks: detection (end to end), classification (Table 3), proposals (recall study)"),
-    "demo": (_add_demo, _run_demo, "the built-in demo on generated data"),
+    "simulate": (_add_simulate, _run_simulate, "score detections simulated from the ground truth under every protocol"),
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from detection.cli import main
 from detection.datasets import load_dataset
-from detection.demo import simulate_detections
+from detection.simulate import simulate_detections
 from detection.detection_files import write_coco_results, write_detections
 
 
@@ -62,8 +62,8 @@ def test_data_summary(capsys):
     assert "images: 5" in out and "circle" in out
 
 
-def test_demo_runs_and_prints_every_protocol(tmp_path, capsys):
-    assert main(["demo", "--data", "synthetic:8:2", "--out", str(tmp_path)]) == 0
+def test_simulate_runs_and_prints_every_protocol(tmp_path, capsys):
+    assert main(["simulate", "--data", "synthetic:8:2", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for protocol in ("ilsvrc", "voc07", "voc12", "coco50"):
         assert f"| {protocol} | 0." in out

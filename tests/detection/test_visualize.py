@@ -23,7 +23,7 @@ def test_draw_image_colours():
 
 def test_show_command_writes_pngs(tmp_path, capsys):
     from detection.datasets import load_dataset
-    from detection.demo import simulate_detections
+    from detection.simulate import simulate_detections
     from detection.detection_files import write_detections
 
     dataset = load_dataset("synthetic:3:0")

@@ -1,9 +1,9 @@
-"""The built-in demo and a simulated detector for exercising the evaluator.
+"""A simulated detector for exercising the evaluator (``rcnn simulate``).
 
 ``simulate_detections`` perturbs ground truth the way a real detector errs: it misses some
 objects, localises the rest with noise proportional to their size, confuses some classes,
 fires duplicates and adds background false positives, with scores that are higher for better
-detections. It is deterministic in ``seed``. The demo scores such detections on the built-in
+detections. It is deterministic in ``seed``. ``rcnn simulate`` scores such detections on any
 data under every protocol, so the evaluator's numbers can be seen on a realistic input.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from detection import boxes as box_ops
 from detection.records import Dataset, Detections
 
-__all__ = ["simulate_detections", "run_demo"]
+__all__ = ["simulate_detections", "run_simulation"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def simulate_detections(
     return Detections.concatenate(parts)
 
 
-def run_demo(spec: str, out_dir: Path, seed: int = 0) -> int:
+def run_simulation(spec: str, out_dir: Path, seed: int = 0) -> int:
     """Score simulated detections on ``spec`` under every protocol; print the tables."""
     from detection.datasets import load_dataset
     from detection.detection_files import write_detections
