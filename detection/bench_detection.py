@@ -206,7 +206,7 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
         },
     }
     write_json(run_dir / "report.json", report)
-    write_text(run_dir / "report.md", _markdown(report, outcomes, ensemble, curve, bootstrap, gallery, run_dir))
+    write_text(run_dir / "report.md", _markdown(report, outcomes, ensemble, curve, report["bootstrap"], gallery, run_dir))
     return report
 
 

@@ -1,0 +1,49 @@
+"""`rcnn bench detection` end to end on a tiny configuration of the built-in data."""
+
+import json
+
+import pytest
+
+from detection.cli import main
+
+TINY = [
+    "data.train=synthetic:8:0", "data.test=synthetic:4:1",
+    "proposals.selective_search.max_side=128", "proposals.top_k=20", "proposals.chunk_size=4",
+    "multibox.num_priors=12", "multibox.input_size=64", "multibox.backbone.width=0.125", "multibox.backbone.batch_norm=true",
+    "multibox.epochs=1", "multibox.batch_size=8", "multibox.top_k=20",
+    "classifier.crop_size=32", "classifier.width=0.125", "classifier.batch_norm=true", "classifier.aux_logits=false",
+    "train.epochs=1", "train.batch_size=32", "train.members=2", "train.lr=0.05", "train.num_threads=1",
+    "detection.score_threshold=0.0", "bench.bootstrap_resamples=20", "bench.gallery_images=2", "device=cpu",
+]
+
+
+def _args(out, *extra):
+    args = ["bench", "detection", "--out", str(out)]
+    for override in TINY:
+        args += ["--set", override]
+    return args + list(extra)
+
+
+@pytest.mark.slow
+def test_bench_detection_end_to_end_resume_and_refusal(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(out)) == 0
+    printed = capsys.readouterr().out
+    assert "Single model vs ensemble" in printed and "| ensemble | 2 |" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert {"proposals", "single", "ensemble", "ensemble_size_curve", "bootstrap", "timings", "speed"} <= set(report)
+    assert len(report["single"]) == 2 and 0.0 <= report["ensemble"]["map"] <= 1.0
+    assert report["proposals"]["all"]["boxes_per_image"] > 0 and "multibox" in report["proposals"]
+    for name in ("member0.json", "member1.json", "ensemble.json"):
+        assert (out / "detections" / name).is_file()
+    assert (out / "ensemble_size.png").is_file() and list((out / "gallery").glob("*.png"))
+    first = (out / "members" / "member0.pt").stat().st_mtime_ns
+    # A rerun reuses every stage.
+    assert main(_args(out)) == 0
+    assert (out / "members" / "member0.pt").stat().st_mtime_ns == first
+    # Another config is refused; --force redoes only what depends on the change.
+    capsys.readouterr()
+    assert main(_args(out, "--set", "detection.nms_iou=0.5")) == 2
+    assert "made with another config" in capsys.readouterr().err
+    assert main(_args(out, "--set", "detection.nms_iou=0.5", "--force")) == 0
+    assert (out / "members" / "member0.pt").stat().st_mtime_ns == first
