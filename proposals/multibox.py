@@ -154,7 +154,7 @@ class MultiBoxConfig:
     matching: Literal["priors", "predictions"] = "priors"
     top_k: int = 200
     nms_iou: float | None = None
-    epochs: int = 8
+    epochs: int = 40
     batch_size: int = 32
     lr: float = 0.1
     momentum: float = 0.9
@@ -457,7 +457,7 @@ def multibox_loss(
     An image without ground truth has only negatives. With more than K ground-truth boxes, only
     K are matched (see :func:`match_predictions`).
 
-    *Prior matching* (``priors`` given; section 3.1 of the MultiBox paper): the assignment
+    *Prior matching* (``priors`` given; the MultiBox paper's "training with priors"): the assignment
     minimises ``alpha / 2 * ||prior_i - g_j||^2`` instead, so each ground-truth box goes to the
     prediction whose prior is nearest, whatever the network currently outputs; the loss terms
     are unchanged. Matching on predictions and confidences lets the most confident prediction

@@ -184,7 +184,7 @@ def test_train_config_is_strict_and_the_cpu_preset_loads() -> None:
     with pytest.raises(ConfigError):
         from_dict(TrainConfig, {"polyak": 1.0})
     # The whole file must load as a run config (every section strict), and set the CPU sizes.
-    config = load_config(REPO / "configs" / "classifier_cpu.yaml")
+    config = load_config(REPO / "configs" / "bccd_cpu.yaml")
     classifier, train = config.classifier, config.train
     assert 64 <= classifier.crop_size <= 128 and classifier.batch_norm and classifier.width <= 0.5
     assert train.batch_size == 128 and train.fg_fraction == 0.25 and train.schedule == "step"
