@@ -119,6 +119,8 @@ def _image_to_chw_uint8(image: ImageLike) -> Tensor:
     if isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensors must be (3, H, W), got {tuple(image.shape)}")
+        if image.dtype != torch.uint8:
+            raise ValueError(f"image tensors must be uint8, got {image.dtype}")
         return image
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3:
@@ -267,6 +269,7 @@ def warp_crops(
         raise ValueError(f"{len(images)} images but {len(boxes_per_image)} box lists")
     canvas = images_to_canvas(images, mean, std, device)
     rois = make_rois(boxes_per_image, size, padding, canvas.device)
+    logger.debug("warping %d boxes of %d images (canvas %s) to %dx%d", len(rois), len(images), tuple(canvas.shape), size, size)
     return crop_rois(canvas, rois, size, sampling_ratio, out_dtype, channels_last)
 
 

@@ -159,7 +159,7 @@ def load_member_scores(scores_dir: str | Path, dataset: Dataset, member_ids: lis
     return MemberScores(ids, boxes, probabilities, member_ids)
 
 
-def _image_detections(image_id: str, boxes: np.ndarray, probabilities: np.ndarray, config: DetectConfig) -> Detections:
+def image_detections(image_id: str, boxes: np.ndarray, probabilities: np.ndarray, config: DetectConfig) -> Detections:
     """Detections of one image from averaged probabilities ``(B, C + 1)``."""
     class_scores = probabilities[:, 1:]
     box_index, label = np.nonzero(class_scores > config.score_threshold)
@@ -177,5 +177,5 @@ def detections_from_scores(scores: MemberScores, config: DetectConfig, members: 
     for image_id, boxes, probabilities in zip(scores.image_ids, scores.boxes, scores.probabilities):
         if len(boxes):
             averaged = probabilities[chosen].astype(np.float32).mean(axis=0)
-            parts.append(_image_detections(image_id, boxes, averaged, config))
+            parts.append(image_detections(image_id, boxes, averaged, config))
     return Detections.concatenate(parts)

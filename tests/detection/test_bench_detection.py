@@ -24,11 +24,17 @@ def _args(out, *extra):
     return args + list(extra)
 
 
-@pytest.mark.slow
-def test_bench_detection_end_to_end_resume_and_refusal(tmp_path, capsys):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "run"
     assert main(_args(out)) == 0
-    printed = capsys.readouterr().out
+    return out
+
+
+@pytest.mark.slow
+def test_bench_detection_end_to_end_resume_and_refusal(tiny_run, capsys):
+    out = tiny_run
+    printed = (out / "report.md").read_text()
     assert "Single model vs ensemble" in printed and "| ensemble | 2 |" in printed
     report = json.loads((out / "report.json").read_text())
     assert {"proposals", "single", "ensemble", "ensemble_size_curve", "bootstrap", "timings", "speed"} <= set(report)
@@ -47,3 +53,18 @@ def test_bench_detection_end_to_end_resume_and_refusal(tmp_path, capsys):
     assert "made with another config" in capsys.readouterr().err
     assert main(_args(out, "--set", "detection.nms_iou=0.5", "--force")) == 0
     assert (out / "members" / "member0.pt").stat().st_mtime_ns == first
+
+
+@pytest.mark.slow
+def test_readme_api_example_runs_on_a_run_directory(tiny_run, capsys):
+    """The README's Python example, pointed at a tiny run directory."""
+    from pathlib import Path
+
+    out = tiny_run
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = readme.split("<!-- api-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert code.count("\n") <= 6
+    capsys.readouterr()
+    exec(code.replace('"runs/demo"', repr(str(out))), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("[")

@@ -1,0 +1,254 @@
+"""Scoring warped crops with an ensemble of region classifiers: averaged softmax probabilities.
+
+:class:`CropScorer` holds the ensemble ready for inference: each member is a private copy in eval
+mode, on the device, in channels_last, optionally compiled with ``torch.compile``, and it runs
+under ``torch.inference_mode`` with bfloat16 autocast where the hardware does bfloat16 natively
+(:func:`detection.devices.bf16_supported`). Softmax is taken in float32 and averaged over members,
+as the paper averages its six networks.
+
+What was measured (``benchmarks/bench_scoring.py``, 2-core AVX2 CPU, full-width GoogLeNet):
+
+* ``torch.compile`` pays on the CPU only with inductor's *freezing* (weights folded in as
+  constants, so oneDNN can pre-pack them and fuse the ReLUs): roughly 1.5-1.7x over eager
+  channels_last. Without freezing the compiled model calls the same convolutions as eager. A
+  compile takes one to a few minutes per member and batch shape on such a machine, so it pays
+  after a few thousand crops per member; ``compile=False`` is the default.
+* Frozen weights are constants: a compiled member no longer sees later changes to the model it
+  came from. The scorer copies each model when it compiles it and compares the parameters'
+  in-place version counters before every call; a model that changed since (an optimizer step,
+  ``load_state_dict``) is copied and compiled again.
+* Compiled members run a fixed batch shape (a new shape would compile again), so the last,
+  partial batch is padded with zeros and the padding's scores dropped.
+* Running the members as one computation (``torch.func.stack_module_state`` + ``vmap``) turns
+  every convolution into a grouped one, which oneDNN runs several times slower on the CPU; it
+  is not used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from classifiers.crops import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RCNN_SIZE,
+    BoxesLike,
+    ImageLike,
+    crop_rois,
+    images_to_canvas,
+    make_rois,
+)
+from detection.devices import autocast, bf16_supported, resolve_device
+
+__all__ = ["CropScorer", "score_crops"]
+
+logger = logging.getLogger(__name__)
+
+Forward = Callable[[Tensor], Tensor]
+
+
+def _compile_member(model: nn.Module, mode: str | None) -> Forward:
+    """``torch.compile`` of one member; a module-level function so tests can replace it."""
+    return torch.compile(model, mode=mode)  # type: ignore[return-value]
+
+
+def _freezing(enabled: bool) -> contextlib.AbstractContextManager[object]:
+    """Inductor's freezing, switched on around compiled calls: it is read when a graph compiles."""
+    if not enabled:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
+
+
+def _param_versions(model: nn.Module) -> tuple[int, ...]:
+    # In-place updates (optimizer steps, load_state_dict, .copy_) bump a tensor's version counter.
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
+
+
+class _Member:
+    """One ensemble member: the caller's model, the copy that runs, and how to run it."""
+
+    def __init__(self, source: nn.Module, device: torch.device, channels_last: bool, compile: bool, mode: str | None) -> None:
+        self.source = source
+        self.device = device
+        self.channels_last = channels_last
+        self.compile = compile
+        self.mode = mode
+        self.versions: tuple[int, ...] = ()
+        self.model: nn.Module = source
+        self.forward: Forward = source
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Take a fresh copy of the source model (and compile it, lazily, on the first batch)."""
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        model = copy.deepcopy(self.source).eval().to(device=self.device, memory_format=memory_format)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.versions = _param_versions(self.source)
+        self.model = model
+        self.forward = _compile_member(model, self.mode) if self.compile else model
+
+    def ensure_current(self) -> None:
+        if _param_versions(self.source) != self.versions:
+            logger.info("a scored model changed since it was copied: copying%s it again", " and compiling" if self.compile else "")
+            self.refresh()
+
+
+class CropScorer:
+    """Averaged softmax probabilities of an ensemble over warped crops.
+
+    Args:
+        models: the ensemble members, each mapping ``(B, 3, S, S)`` to logits ``(B, C + 1)``
+            in eval mode (e.g. :class:`classifiers.inception.GoogLeNet`). They are copied; the
+            originals are left as they are (mode, device, memory format).
+        device: where to score: a torch device or ``"auto"``/``"cpu"``/``"cuda"``.
+        batch_size: crops per forward pass.
+        compile: run each member through ``torch.compile`` (see the module note for when it
+            pays).
+        compile_mode: ``mode`` for ``torch.compile`` (None: its default).
+        freeze: with ``compile``, let inductor fold the weights in as constants (freezing);
+            without it the compiled CPU model is no faster than eager (see the module note).
+        bf16: bfloat16 autocast; None decides by :func:`detection.devices.bf16_supported`.
+        channels_last: run convolutions in the channels_last memory format.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        device: torch.device | str = "auto",
+        batch_size: int = 64,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        freeze: bool = True,
+        bf16: bool | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        if not models:
+            raise ValueError("CropScorer needs at least one model")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.batch_size = batch_size
+        self.compile = compile
+        self.freeze = compile and freeze
+        self.bf16 = bf16_supported(self.device) if bf16 is None else bf16
+        self.channels_last = channels_last
+        if compile:
+            # Every member is a new instance behind the same forward code, and dynamo keeps one
+            # cache entry per instance: let the whole ensemble in before it falls back to eager.
+            import torch._dynamo.config as dynamo_config
+
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * len(models) + 8)
+        self.members = [_Member(m, self.device, channels_last, compile, compile_mode) for m in models]
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def _batch_probabilities(self, batch: Tensor) -> Tensor:
+        """``(B, 3, S, S)`` on the device -> ``(B, C + 1)`` float32 mean softmax."""
+        count = len(batch)
+        if self.compile and count < self.batch_size:
+            # Compiled members keep one static shape: pad the last batch rather than recompile.
+            batch = torch.cat([batch, batch.new_zeros((self.batch_size - count, *batch.shape[1:]))])
+        if not self.bf16:
+            # Without autocast the convolutions need inputs in the weights' dtype.
+            batch = batch.float()
+        batch = batch.contiguous(memory_format=self.memory_format)
+        total: Tensor | None = None
+        with autocast(self.device, enabled=self.bf16), _freezing(self.freeze):
+            for member in self.members:
+                probs = F.softmax(member.forward(batch)[:count].float(), dim=1)
+                total = probs if total is None else total.add_(probs)
+        assert total is not None
+        return total.div_(len(self.members))
+
+    def __call__(self, crops: Tensor) -> Tensor:
+        return self.score(crops)
+
+    @torch.inference_mode()
+    def score(self, crops: Tensor) -> Tensor:
+        """Mean softmax over members: crops ``(K, 3, S, S)`` (normalised) -> ``(K, C + 1)`` float32.
+
+        The crops may live anywhere; each batch moves to the device. The result is on the device.
+        """
+        for member in self.members:
+            member.ensure_current()
+        outputs = [
+            self._batch_probabilities(crops[start : start + self.batch_size].to(self.device, non_blocking=True))
+            for start in range(0, len(crops), self.batch_size)
+        ]
+        if not outputs:
+            side = crops.shape[-1] if crops.dim() == 4 else RCNN_SIZE
+            return torch.zeros((0, self._num_outputs(side)), dtype=torch.float32, device=self.device)
+        return torch.cat(outputs)
+
+    @torch.inference_mode()
+    def score_boxes(
+        self,
+        images: Sequence[ImageLike],
+        boxes_per_image: Sequence[BoxesLike],
+        size: int = RCNN_SIZE,
+        padding: int | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        sampling_ratio: int = 1,
+    ) -> Tensor:
+        """Warp and score every box of every image, a batch of crops at a time.
+
+        The images go to the device once (:func:`classifiers.crops.images_to_canvas`); each batch
+        of crops is cut with one ``roi_align`` call and scored, so the crops of all boxes never
+        exist at once. Geometry and arguments as in :func:`classifiers.crops.warp_crops`.
+
+        Returns:
+            ``(K, C + 1)`` float32 on the device, ``K = sum_i B_i``, image-major, box order kept.
+        """
+        if len(images) != len(boxes_per_image):
+            raise ValueError(f"{len(images)} images but {len(boxes_per_image)} box lists")
+        for member in self.members:
+            member.ensure_current()
+        canvas = images_to_canvas(images, mean, std, self.device)
+        rois = make_rois(boxes_per_image, size, padding, self.device)
+        out_dtype = torch.bfloat16 if self.bf16 and self.device.type == "cuda" else torch.float32
+        outputs = [
+            self._batch_probabilities(
+                crop_rois(canvas, rois[start : start + self.batch_size], size, sampling_ratio, out_dtype, self.channels_last)
+            )
+            for start in range(0, len(rois), self.batch_size)
+        ]
+        if not outputs:
+            return torch.zeros((0, self._num_outputs(size)), dtype=torch.float32, device=self.device)
+        return torch.cat(outputs)
+
+    def _num_outputs(self, side: int) -> int:
+        """Outputs of the ensemble, for an empty result: the model's config, else one eager probe."""
+        config = getattr(self.members[0].model, "config", None)
+        if config is not None and hasattr(config, "num_classes"):
+            return int(config.num_classes)
+        probe = torch.zeros((1, 3, side, side), device=self.device).contiguous(memory_format=self.memory_format)
+        return int(self.members[0].model(probe).shape[1])
+
+
+def score_crops(
+    models: nn.Module | Sequence[nn.Module],
+    crops: Tensor,
+    batch_size: int = 64,
+    device: torch.device | str = "auto",
+    bf16: bool | None = None,
+) -> Tensor:
+    """One-off eager scoring: mean softmax of ``models`` over ``crops`` ``(K, 3, S, S)`` -> ``(K, C + 1)``.
+
+    A convenience over :class:`CropScorer` without compilation; keep a scorer instead when
+    scoring repeatedly, above all with ``compile=True``.
+    """
+    members = [models] if isinstance(models, nn.Module) else list(models)
+    return CropScorer(members, device=device, batch_size=batch_size, bf16=bf16)(crops)

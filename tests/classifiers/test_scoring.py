@@ -1,0 +1,168 @@
+"""classifiers.scoring on small GoogLeNets (width 1/8, 32x32 crops) on the CPU.
+
+The real ``torch.compile`` path takes a minute or more per model on a small CPU, so it is
+exercised by one opt-in test (``RCNN_TEST_COMPILE=1``); the bookkeeping around it (static
+batch shapes, copies, recompiling after the weights change) is tested with a stand-in compiler.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from classifiers import scoring
+from classifiers.crops import warp_crops
+from classifiers.inception import GoogLeNet, GoogLeNetConfig
+from classifiers.scoring import CropScorer, score_crops
+
+NUM_CLASSES = 5
+SIZE = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread. On a busy machine OpenMP barriers over two threads cost 10-100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_model(seed: int) -> GoogLeNet:
+    torch.manual_seed(seed)
+    return GoogLeNet(GoogLeNetConfig.paper(num_classes=NUM_CLASSES, width=0.125, input_size=SIZE))
+
+
+@pytest.fixture(scope="module")
+def models() -> list[GoogLeNet]:
+    return [small_model(seed) for seed in range(3)]
+
+
+@pytest.fixture(scope="module")
+def crops() -> torch.Tensor:
+    return torch.randn(11, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+
+
+def expected_probabilities(models: list[GoogLeNet], crops: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        probs = []
+        for model in models:
+            was_training = model.training
+            model.eval()
+            probs.append(F.softmax(model(crops), dim=1))
+            model.train(was_training)
+    return torch.stack(probs).mean(0)
+
+
+def test_mean_softmax_of_the_members(models: list[GoogLeNet], crops: torch.Tensor) -> None:
+    out = CropScorer(models, device="cpu", batch_size=4)(crops)
+    assert out.shape == (11, NUM_CLASSES) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected_probabilities(models, crops), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.sum(1), torch.ones(11))
+
+
+def test_batch_size_and_layout_do_not_change_scores(models: list[GoogLeNet], crops: torch.Tensor) -> None:
+    reference = CropScorer(models[:1], device="cpu", batch_size=64)(crops)
+    for batch_size, channels_last in ((1, True), (5, False), (11, True)):
+        out = CropScorer(models[:1], device="cpu", batch_size=batch_size, channels_last=channels_last)(crops)
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_originals_are_left_alone(crops: torch.Tensor) -> None:
+    model = small_model(7).train()
+    CropScorer([model], device="cpu")(crops)
+    assert model.training
+    assert model.conv1.conv.weight.is_contiguous() and model.conv1.conv.weight.requires_grad
+
+
+def test_changed_weights_are_picked_up(crops: torch.Tensor) -> None:
+    model = small_model(8)
+    scorer = CropScorer([model], device="cpu")
+    before = scorer(crops)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.arange(NUM_CLASSES, dtype=torch.float32))
+    after = scorer(crops)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
+
+
+def test_empty_input(models: list[GoogLeNet]) -> None:
+    scorer = CropScorer(models, device="cpu")
+    assert scorer(torch.zeros(0, 3, SIZE, SIZE)).shape == (0, NUM_CLASSES)
+    image = np.zeros((40, 50, 3), np.uint8)
+    assert scorer.score_boxes([image], [np.zeros((0, 4), np.float32)], size=SIZE).shape == (0, NUM_CLASSES)
+
+
+def test_score_boxes_equals_scoring_warped_crops(models: list[GoogLeNet]) -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), rng.integers(0, 256, (90, 50, 3), dtype=np.uint8)]
+    boxes = [np.array([[0, 0, 40, 30], [10, 20, 70, 55], [-5, -5, 90, 70]], np.float32), np.array([[5, 5, 45, 85]], np.float32)]
+    scorer = CropScorer(models, device="cpu", batch_size=3)
+    direct = scorer.score_boxes(images, boxes, size=SIZE)
+    assert direct.shape == (4, NUM_CLASSES)
+    torch.testing.assert_close(direct, scorer(warp_crops(images, boxes, SIZE)), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError):
+        scorer.score_boxes(images, boxes[:1], size=SIZE)
+
+
+def test_score_crops_convenience(models: list[GoogLeNet], crops: torch.Tensor) -> None:
+    torch.testing.assert_close(score_crops(models, crops, batch_size=4, device="cpu"), expected_probabilities(models, crops), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(score_crops(models[0], crops, device="cpu"), expected_probabilities(models[:1], crops), atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_runs_and_stays_close(models: list[GoogLeNet], crops: torch.Tensor) -> None:
+    out = CropScorer(models[:1], device="cpu", bf16=True)(crops[:4])
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected_probabilities(models[:1], crops[:4]), atol=0.05, rtol=0)
+
+
+def test_bad_arguments(models: list[GoogLeNet]) -> None:
+    with pytest.raises(ValueError):
+        CropScorer([], device="cpu")
+    with pytest.raises(ValueError):
+        CropScorer(models, device="cpu", batch_size=0)
+
+
+def test_compiled_members_see_one_batch_shape_and_recompile_after_changes(
+    monkeypatch: pytest.MonkeyPatch, crops: torch.Tensor
+) -> None:
+    compiled: list[torch.nn.Module] = []
+    shapes: list[tuple[int, ...]] = []
+
+    def fake_compile(model: torch.nn.Module, mode: str | None):
+        compiled.append(model)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            shapes.append(tuple(x.shape))
+            return model(x)
+
+        return forward
+
+    monkeypatch.setattr(scoring, "_compile_member", fake_compile)
+    model = small_model(9)
+    scorer = CropScorer([model], device="cpu", batch_size=4, compile=True)
+    out = scorer(crops)  # 11 crops: 4 + 4 + 3 padded to 4
+    assert set(shapes) == {(4, 3, SIZE, SIZE)} and len(shapes) == 3
+    torch.testing.assert_close(out, expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
+    assert len(compiled) == 1 and compiled[0] is not model
+    scorer(crops)
+    assert len(compiled) == 1  # nothing changed: the compiled copy is reused
+    with torch.no_grad():
+        model.fc.weight.mul_(3.0)
+    torch.testing.assert_close(scorer(crops), expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
+    assert len(compiled) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RCNN_TEST_COMPILE") != "1", reason="set RCNN_TEST_COMPILE=1 (compiles for minutes)")
+def test_real_compile_matches_eager(crops: torch.Tensor) -> None:
+    model = small_model(10)
+    scorer = CropScorer([model], device="cpu", batch_size=8, compile=True)
+    torch.testing.assert_close(scorer(crops), expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        model.conv1.conv.weight.mul_(2.0)  # frozen constants must not go stale
+    torch.testing.assert_close(scorer(crops), expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
