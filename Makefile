@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OPENCV_VERSION := $(shell sed -n 's/^opencv-contrib-python-headless==//p' constraints.txt)
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo clean
 
 install: $(STAMP)
 
