@@ -6,22 +6,28 @@ under ``torch.inference_mode`` with bfloat16 autocast where the hardware does bf
 (:func:`detection.devices.bf16_supported`). Softmax is taken in float32 and averaged over members,
 as the paper averages its six networks.
 
-What was measured (``benchmarks/bench_scoring.py``, 2-core AVX2 CPU, full-width GoogLeNet):
+What was measured (``benchmarks/bench_scoring.py``, full-width GoogLeNet, on a shared 2-core AVX2
+CPU whose timings are noisy):
 
-* ``torch.compile`` pays on the CPU only with inductor's *freezing* (weights folded in as
-  constants, so oneDNN can pre-pack them and fuse the ReLUs): roughly 1.5-1.7x over eager
-  channels_last. Without freezing the compiled model calls the same convolutions as eager. A
-  compile takes one to a few minutes per member and batch shape on such a machine, so it pays
-  after a few thousand crops per member; ``compile=False`` is the default.
-* Frozen weights are constants: a compiled member no longer sees later changes to the model it
-  came from. The scorer copies each model when it compiles it and compares the parameters'
-  in-place version counters before every call; a model that changed since (an optimizer step,
-  ``load_state_dict``) is copied and compiled again.
-* Compiled members run a fixed batch shape (a new shape would compile again), so the last,
-  partial batch is padded with zeros and the padding's scores dropped.
+* channels_last beats NCHW by ~1.3x in eager mode; small batches (16-32) are as good as large
+  ones on the CPU (the activations of a small batch stay in cache).
+* ``torch.compile`` (inductor, static shapes) gains 1.2-1.7x over eager channels_last. With
+  inductor's freezing (weights folded in as constants) it was no faster than without, so
+  ``freeze`` is off by default. A compile takes about a minute per member and batch shape on
+  such a machine, so it pays after a few thousand crops per member; ``compile=False`` is the
+  default. A dynamic batch dimension compiled for minutes and ran no faster than eager, which is
+  why compiled members get a fixed batch shape: the last, partial batch is padded with zeros
+  and the padding's scores dropped.
+* bfloat16 autocast on a CPU without native bfloat16 is several times slower than float32;
+  :func:`detection.devices.bf16_supported` keeps it off there.
 * Running the members as one computation (``torch.func.stack_module_state`` + ``vmap``) turns
-  every convolution into a grouped one, which oneDNN runs several times slower on the CPU; it
-  is not used.
+  every convolution into a grouped one, which ran ~7x slower per member on the CPU; it is not
+  used: members run one after the other on each batch.
+
+Each member is a private copy of the caller's model. Before every call the scorer compares the
+caller's parameters' in-place version counters with those it copied; a model changed since (an
+optimizer step, ``load_state_dict``) is copied (and compiled) again, so frozen constants can
+never go stale.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from classifiers.crops import (
     images_to_canvas,
     make_rois,
 )
-from detection.devices import autocast, bf16_supported, resolve_device
+from detection.devices import bf16_supported, resolve_device
 
 __all__ = ["CropScorer", "score_crops"]
 
@@ -106,6 +112,10 @@ class _Member:
 class CropScorer:
     """Averaged softmax probabilities of an ensemble over warped crops.
 
+    ``scorer(crops)`` (or :meth:`score`) scores crops that are already cut and normalised;
+    :meth:`score_boxes` warps and scores proposals batch by batch. Both return ``(K, C + 1)``
+    float32 probabilities on ``device``, the mean over members of each member's softmax.
+
     Args:
         models: the ensemble members, each mapping ``(B, 3, S, S)`` to logits ``(B, C + 1)``
             in eval mode (e.g. :class:`classifiers.inception.GoogLeNet`). They are copied; the
@@ -115,9 +125,9 @@ class CropScorer:
         compile: run each member through ``torch.compile`` (see the module note for when it
             pays).
         compile_mode: ``mode`` for ``torch.compile`` (None: its default).
-        freeze: with ``compile``, let inductor fold the weights in as constants (freezing);
-            without it the compiled CPU model is no faster than eager (see the module note).
-        bf16: bfloat16 autocast; None decides by :func:`detection.devices.bf16_supported`.
+        freeze: with ``compile``, let inductor fold the weights in as constants (freezing).
+        bf16: bfloat16 autocast; None: where :func:`detection.devices.bf16_supported` says it is
+            native. True forces it even where it is emulated (slow).
         channels_last: run convolutions in the channels_last memory format.
     """
 
@@ -128,7 +138,7 @@ class CropScorer:
         batch_size: int = 64,
         compile: bool = False,
         compile_mode: str | None = None,
-        freeze: bool = True,
+        freeze: bool = False,
         bf16: bool | None = None,
         channels_last: bool = True,
     ) -> None:
@@ -165,7 +175,9 @@ class CropScorer:
             batch = batch.float()
         batch = batch.contiguous(memory_format=self.memory_format)
         total: Tensor | None = None
-        with autocast(self.device, enabled=self.bf16), _freezing(self.freeze):
+        # torch.autocast, not detection.devices.autocast: an explicit bf16=True must hold even
+        # where bfloat16 is emulated (the benchmark measures it there).
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16), _freezing(self.freeze):
             for member in self.members:
                 probs = F.softmax(member.forward(batch)[:count].float(), dim=1)
                 total = probs if total is None else total.add_(probs)

@@ -117,7 +117,9 @@ def test_score_crops_convenience(models: list[GoogLeNet], crops: torch.Tensor) -
 def test_bf16_autocast_runs_and_stays_close(models: list[GoogLeNet], crops: torch.Tensor) -> None:
     out = CropScorer(models[:1], device="cpu", bf16=True)(crops[:4])
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, expected_probabilities(models[:1], crops[:4]), atol=0.05, rtol=0)
+    reference = expected_probabilities(models[:1], crops[:4])
+    assert not torch.equal(out, reference)  # it did run in bfloat16
+    torch.testing.assert_close(out, reference, atol=0.05, rtol=0)
 
 
 def test_bad_arguments(models: list[GoogLeNet]) -> None:
@@ -159,10 +161,11 @@ def test_compiled_members_see_one_batch_shape_and_recompile_after_changes(
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("RCNN_TEST_COMPILE") != "1", reason="set RCNN_TEST_COMPILE=1 (compiles for minutes)")
-def test_real_compile_matches_eager(crops: torch.Tensor) -> None:
-    model = small_model(10)
-    scorer = CropScorer([model], device="cpu", batch_size=8, compile=True)
-    torch.testing.assert_close(scorer(crops), expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
+@pytest.mark.parametrize("freeze", [True, False])
+def test_real_compile_matches_eager(crops: torch.Tensor, freeze: bool) -> None:
+    members = [small_model(10), small_model(11)]
+    scorer = CropScorer(members, device="cpu", batch_size=8, compile=True, freeze=freeze)
+    torch.testing.assert_close(scorer(crops), expected_probabilities(members, crops), atol=1e-5, rtol=1e-4)
     with torch.no_grad():
-        model.conv1.conv.weight.mul_(2.0)  # frozen constants must not go stale
-    torch.testing.assert_close(scorer(crops), expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
+        members[1].conv1.conv.weight.mul_(2.0)  # frozen constants must not go stale
+    torch.testing.assert_close(scorer(crops), expected_probabilities(members, crops), atol=1e-5, rtol=1e-4)

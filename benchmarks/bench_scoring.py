@@ -1,0 +1,305 @@
+"""Crops per second of the region classifier, whole path: warp + normalise + forward + softmax.
+
+One ensemble member (the full-width paper GoogLeNet, ``GoogLeNetConfig.paper(num_classes=201)``,
+or ``--config torchvision`` for the batch-norm layout) scores ``--boxes`` random proposals on each
+of ``--images`` real photographs (scikit-learn's sample images, cut and turned to vary the sizes):
+
+* ``naive``: R-CNN as first written: each crop warped on the CPU by ``cv2.warpAffine`` (float32,
+  mean-colour border), normalised, stacked in batches of 32, a float32 NCHW model.
+* ``warp only``: the warps alone, naive per-crop OpenCV vs the batched ``roi_align`` of
+  :mod:`classifiers.crops`, to show where the time is not.
+* ``ours``: :meth:`classifiers.scoring.CropScorer.score_boxes`: the images go to the device once,
+  each batch of crops is cut by one ``roi_align`` call, the model runs in channels_last under
+  ``torch.inference_mode``; eager float32 over a sweep of batch sizes, bfloat16 autocast (on a CPU
+  without native bfloat16 on only ``--bf16-crops`` crops: it is very slow there), and
+  ``torch.compile`` (static batch shape; ``--compile-frozen`` adds inductor freezing), compile
+  time reported apart and not in the rate, timed against the best eager batch once more.
+
+Every rate is the best of ``--repeat`` runs (the machine may be shared). GFLOP/s counts 2 FLOP
+per multiply-add of :func:`classifiers.inception.count_params_and_macs` and is set against the
+rate of one large ``torch.mm`` in the same dtype.
+
+    python benchmarks/bench_scoring.py --size 224 --boxes 500 --images 4 --repeat 3 --device auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from classifiers.crops import IMAGENET_MEAN, IMAGENET_STD, context_boxes, warp_crops
+from classifiers.inception import GoogLeNet, GoogLeNetConfig, count_params_and_macs
+from classifiers.scoring import CropScorer
+from detection.devices import bf16_supported, resolve_device
+
+NAIVE_BATCH = 32
+
+
+@dataclass
+class Case:
+    """One timed configuration: ``run`` processes ``crops`` crops; ``best`` is its fastest run."""
+
+    method: str
+    batch: int
+    crops: int
+    dtype: torch.dtype | None  # None: no arithmetic to rate (warp only)
+    run: Callable[[], object]
+    best: float = float("inf")
+
+    @property
+    def rate(self) -> float:
+        return self.crops / self.best
+
+
+def run_rounds(cases: list[Case], repeat: int, device: torch.device) -> None:
+    """Time every case once per round, ``repeat`` rounds; keep each case's best time."""
+    for round_index in range(repeat):
+        for case in cases:
+            case.best = min(case.best, best_time(case.run, 1, device))
+        print(f"  round {round_index + 1}/{repeat}: " + ", ".join(f"{c.rate:.1f}" for c in cases) + " crops/s", flush=True)
+
+
+def _scoring(scorer: CropScorer, images: list[np.ndarray], boxes: list[np.ndarray], size: int) -> Callable[[], object]:
+    # .cpu() waits for the device and pays for the scores' trip back, as a caller would.
+    return lambda: scorer.score_boxes(images, boxes, size).cpu()
+
+
+def load_images(count: int) -> list[np.ndarray]:
+    """``count`` uint8 RGB photographs of a few different sizes."""
+    from sklearn.datasets import load_sample_image
+
+    china, flower = load_sample_image("china.jpg"), load_sample_image("flower.jpg")  # 427x640 each
+    variants = [china, flower, np.ascontiguousarray(china[60:360, 100:500]), np.ascontiguousarray(flower.transpose(1, 0, 2))]
+    return [variants[i % len(variants)] for i in range(count)]
+
+
+def random_proposals(image: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Proposal-like boxes inside the image: log-uniform sizes from 16 px to the whole image."""
+    height, width = image.shape[:2]
+    area = np.exp(rng.uniform(np.log(16 * 16), np.log(width * height), count))
+    aspect = np.exp(rng.uniform(np.log(1 / 3), np.log(3), count))
+    w = np.minimum(np.sqrt(area * aspect), width)
+    h = np.minimum(np.sqrt(area / aspect), height)
+    x1 = rng.uniform(0, width - w)
+    y1 = rng.uniform(0, height - h)
+    return np.stack([x1, y1, x1 + w, y1 + h], axis=1).astype(np.float32)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device, repeat: int) -> float:
+    """Rate of one square ``torch.mm`` (GFLOP/s); small on CPUs where the dtype is emulated."""
+    n = 4096 if device.type == "cuda" else (2048 if dtype == torch.float32 or bf16_supported(device) else 512)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up: library initialisation, kernel choice
+    return 2 * n**3 / best_time(lambda: a @ b, max(repeat, 3), device) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# The naive path
+
+
+def naive_warp(image_f32: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """One crop ``(3, S, S)`` R-CNN style: context box, cv2.warpAffine, normalise (float32)."""
+    x1, y1, x2, y2 = context_boxes(box[None], size)[0].tolist()
+    sx, sy = (x2 - x1) / size, (y2 - y1) / size
+    matrix = np.array([[sx, 0.0, x1 + 0.5 * sx - 0.5], [0.0, sy, y1 + 0.5 * sy - 0.5]])
+    warped = cv2.warpAffine(
+        image_f32, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=IMAGENET_MEAN,
+    )
+    return ((warped - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)).transpose(2, 0, 1)
+
+
+def naive_crops(images: list[np.ndarray], boxes: list[np.ndarray], size: int) -> list[np.ndarray]:
+    crops = []
+    for image, image_boxes in zip(images, boxes):
+        image_f32 = image.astype(np.float32) / 255.0
+        crops.extend(naive_warp(image_f32, box, size) for box in image_boxes)
+    return crops
+
+
+def naive_score(model: torch.nn.Module, images: list[np.ndarray], boxes: list[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
+    outputs = []
+    pending: list[np.ndarray] = []
+
+    def flush() -> None:
+        batch = torch.from_numpy(np.stack(pending)).to(device)
+        outputs.append(F.softmax(model(batch), dim=1).cpu())
+        pending.clear()
+
+    with torch.inference_mode():
+        for image, image_boxes in zip(images, boxes):
+            image_f32 = image.astype(np.float32) / 255.0
+            for box in image_boxes:
+                pending.append(naive_warp(image_f32, box, size))
+                if len(pending) == NAIVE_BATCH:
+                    flush()
+        if pending:
+            flush()
+    return torch.cat(outputs)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--boxes", type=int, default=500, help="proposals per image")
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--config", choices=("paper", "torchvision"), default="paper")
+    parser.add_argument("--batches", default="16,32,64,128", help="batch sizes of the eager sweep")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--bf16-crops", type=int, default=32, help="crops for bf16 on a CPU without native bf16")
+    parser.add_argument("--compile-batch", type=int, default=0, help="batch for torch.compile; 0: best eager batch, -1: skip")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--compile-frozen", action="store_true", help="also time torch.compile with inductor freezing")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    images = load_images(args.images)
+    boxes = [random_proposals(image, args.boxes, rng) for image in images]
+    total = sum(len(b) for b in boxes)
+
+    factory = GoogLeNetConfig.paper if args.config == "paper" else GoogLeNetConfig.torchvision
+    config = factory(num_classes=201, input_size=args.size)
+    model = GoogLeNet(config).eval().to(device)
+    gflop = 2 * sum(stage.macs for stage in count_params_and_macs(config, args.size)) / 1e9
+    native_bf16 = bf16_supported(device)
+
+    print(f"load average at the start: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
+    print(f"device {device}; torch {torch.__version__}; {platform.processor() or platform.machine()}; "
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}; threads {torch.get_num_threads()} of {os.cpu_count()} cores; "
+          f"native bf16: {native_bf16}")
+    print(f"model GoogLeNetConfig.{args.config}(num_classes=201), {gflop:.3f} GFLOP per {args.size}x{args.size} crop "
+          f"({gflop / 2:.3f} G multiply-adds); {len(images)} images "
+          f"({', '.join(f'{im.shape[1]}x{im.shape[0]}' for im in images)}), {total} proposals")
+
+    # The peak is measured before, between and after the phases and the best kept, for the same
+    # reason the cases run in alternating rounds.
+    peak = {dtype: 0.0 for dtype in (torch.float32, torch.bfloat16)}
+
+    def measure_peak() -> None:
+        for dtype in peak:
+            peak[dtype] = max(peak[dtype], matmul_gflops(dtype, device, args.repeat))
+
+    measure_peak()
+
+    # Each case is timed once per round and rounds alternate the cases, so a busy spell on a shared
+    # machine hurts every case a little rather than one case a lot; each keeps its best round.
+    cases: list[Case] = []
+    total_boxes = boxes
+    cases.append(Case("warp only: per-crop cv2.warpAffine", 1, total, None, lambda: naive_crops(images, total_boxes, args.size)))
+    cases.append(Case("warp only: batched roi_align", total, total, None, lambda: warp_crops(images, total_boxes, args.size, device=device)))
+
+    naive_model = GoogLeNet(config).to(device).eval()
+    naive_model.load_state_dict(model.state_dict())
+    naive_score(naive_model, images, [boxes[0][:2]], args.size, device)  # warm-up: library set-up
+    cases.append(Case("(a) naive: cv2 per crop, fp32 NCHW", NAIVE_BATCH, total, torch.float32,
+                      lambda: naive_score(naive_model, images, total_boxes, args.size, device)))
+
+    eager: dict[int, Case] = {}
+    for batch in (int(b) for b in args.batches.split(",")):
+        scorer = CropScorer([model], device, batch_size=batch, bf16=False)
+        scorer.score_boxes(images[:1], [boxes[0][:2]], args.size)
+        eager[batch] = Case("(b) ours eager fp32 channels_last", batch, total, torch.float32, _scoring(scorer, images, boxes, args.size))
+        cases.append(eager[batch])
+
+    # bfloat16 autocast: every crop where native, a sample where emulated (it is very slow there).
+    bf16_boxes = boxes if native_bf16 else _first(boxes, args.bf16_crops)
+    bf16_count = sum(len(b) for b in bf16_boxes)
+    bf16_batch = max(eager) if native_bf16 else min(min(eager), bf16_count)
+    scorer = CropScorer([model], device, batch_size=bf16_batch, bf16=True)
+    scorer.score_boxes(images[:1], [boxes[0][:2]], args.size)
+    label = "(b) ours eager bf16 autocast" + ("" if native_bf16 else " (emulated)")
+    cases.append(Case(label, bf16_batch, bf16_count, torch.bfloat16, _scoring(scorer, images, bf16_boxes, args.size)))
+
+    print("phase 1: warps, naive, eager batch sweep, bf16", flush=True)
+    run_rounds(cases, args.repeat, device)
+    measure_peak()
+
+    # torch.compile at one batch size (each new shape compiles again), timed against the best
+    # eager batch once more so the two share the same machine conditions.
+    best_eager = max(eager.values(), key=lambda case: case.rate)
+    compile_batch = best_eager.batch if args.compile_batch == 0 else args.compile_batch
+    compile_seconds: dict[str, float] = {}
+    if compile_batch > 0:
+        dtype = torch.bfloat16 if native_bf16 else torch.float32
+        name = "bf16" if dtype == torch.bfloat16 else "fp32"
+        rematch = Case(best_eager.method + " (again)", best_eager.batch, total, torch.float32, best_eager.run)
+        compiled_cases = [rematch]
+        for freeze in (False, True) if args.compile_frozen else (False,):
+            label = f"(b) ours compiled{' + frozen' if freeze else ''} {name} {args.compile_mode or ''}".rstrip()
+            scorer = CropScorer([model], device, batch_size=compile_batch, compile=True, compile_mode=args.compile_mode, freeze=freeze)
+            print(f"compiling {label} at batch {compile_batch} ...", flush=True)
+            start = time.perf_counter()
+            scorer.score_boxes(images[:1], [boxes[0][:1]], args.size).cpu()  # compiles (padded to the batch)
+            compile_seconds[label] = time.perf_counter() - start
+            compiled_cases.append(Case(label, compile_batch, total, dtype, _scoring(scorer, images, boxes, args.size)))
+        print("phase 2: compiled vs best eager", flush=True)
+        run_rounds(compiled_cases, args.repeat, device)
+        cases.extend(compiled_cases)
+        measure_peak()
+
+    print(f"torch.mm peak (best of three times): float32 {peak[torch.float32]:.1f} GFLOP/s, "
+          f"bfloat16 {peak[torch.bfloat16]:.1f} GFLOP/s")
+
+    naive_rate = next(case.rate for case in cases if case.method.startswith("(a)"))
+    print()
+    header = f"{'method':<52} {'batch':>6} {'crops':>6} {'best s':>8} {'crops/s':>9} {'GFLOP/s':>8} {'% mm peak':>9} {'vs naive':>8}"
+    print(header)
+    print("-" * len(header))
+    for case in cases:
+        rate = case.rate
+        achieved = f"{rate * gflop:8.1f}" if case.dtype else f"{'-':>8}"
+        share = f"{100 * rate * gflop / peak[case.dtype]:8.0f}%" if case.dtype else f"{'-':>9}"
+        speedup = f"{rate / naive_rate:7.2f}x" if case.dtype else f"{'-':>8}"
+        print(f"{case.method:<52} {str(case.batch):>6} {case.crops:>6} {case.best:8.2f} {rate:9.2f} {achieved} {share} {speedup}")
+    for label, seconds in compile_seconds.items():
+        print(f"compile time of {label!r} (first call, batch {compile_batch}): {seconds:.1f} s")
+    print("rates are per ensemble member; an ensemble of n members scores n times slower.")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
+
+
+def _first(boxes: list[np.ndarray], count: int) -> list[np.ndarray]:
+    """The first ``count`` boxes, taken image by image."""
+    out = []
+    for image_boxes in boxes:
+        take = max(0, min(len(image_boxes), count - sum(len(b) for b in out)))
+        out.append(image_boxes[:take])
+    return out
+
+
+if __name__ == "__main__":
+    main()
