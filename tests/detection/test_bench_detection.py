@@ -82,3 +82,28 @@ def test_classification_track_on_object_crops(tiny_run, tmp_path, capsys):
     assert cells == {(1, 1), (1, 10), (1, 144), (2, 1), (2, 10), (2, 144)}
     assert all(0.0 <= row["top1"] <= 1.0 and row["top5"] <= row["top1"] for row in report["rows"])
     assert report["items"] == 6
+
+
+@pytest.mark.slow
+def test_train_detect_evaluate_commands_on_a_run(tiny_run, tmp_path, capsys):
+    """The stage commands one by one on the run's proposal stores, then the bad-input paths."""
+    sets = [arg for override in TINY for arg in ("--set", override)]
+    members = tmp_path / "members"
+    assert main(["train", "--data", "synthetic:8:0", "--proposals", str(tiny_run / "proposals" / "train"), "--members", "1", "--out", str(members), *sets]) == 0
+    assert (members / "member0.pt").is_file()
+    dets = tmp_path / "dets.json"
+    assert main(["detect", "--data", "synthetic:4:1", "--proposals", str(tiny_run / "proposals" / "test"), "--checkpoints", str(members), "--out", str(dets), "--device", "cpu", *sets]) == 0
+    assert dets.is_file() and (tmp_path / "dets.scores" / "meta.json").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", "--gt", "synthetic:4:1", "--detections", str(dets)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("mAP: ")
+    # Proposals of another dataset, members of another class list, unknown members: clear errors.
+    assert main(["detect", "--data", "synthetic:5:1", "--proposals", str(tiny_run / "proposals" / "test"), "--checkpoints", str(members), "--out", str(tmp_path / "x.json"), *sets]) == 2
+    assert "different dataset" in capsys.readouterr().err
+    assert main(["detect", "--data", "synthetic:4:1", "--proposals", str(tiny_run / "proposals" / "test"), "--checkpoints", str(members), "--members", "0,3", "--out", str(tmp_path / "x.json"), *sets]) == 2
+    assert "no checkpoint for member(s) [3]" in capsys.readouterr().err
+    from detection.checkpoints import CheckpointError
+    from classifiers.ensemble import Ensemble
+
+    with pytest.raises(CheckpointError, match="trained for classes"):
+        Ensemble.from_dir(members, ["cat", "dog"], device="cpu")
