@@ -181,11 +181,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-batch", type=int, default=0, help="batch for torch.compile; 0: best eager batch, -1: skip")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--compile-frozen", action="store_true", help="also time torch.compile with inductor freezing")
+    parser.add_argument("--cold-compile", action="store_true", help="bypass inductor's on-disk caches: true compile times")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
+    if args.cold_compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.force_disable_caches = True
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     images = load_images(args.images)
@@ -235,6 +240,12 @@ def main(argv: list[str] | None = None) -> None:
         scorer.score_boxes(images[:1], [boxes[0][:2]], args.size)
         eager[batch] = Case("(b) ours eager fp32 channels_last", batch, total, torch.float32, _scoring(scorer, images, boxes, args.size))
         cases.append(eager[batch])
+
+    # The same eager path in NCHW, at the first batch size of the sweep: what channels_last buys.
+    first_batch = next(iter(eager))
+    scorer = CropScorer([model], device, batch_size=first_batch, bf16=False, channels_last=False)
+    scorer.score_boxes(images[:1], [boxes[0][:2]], args.size)
+    cases.append(Case("(b) ours eager fp32 NCHW", first_batch, total, torch.float32, _scoring(scorer, images, boxes, args.size)))
 
     # bfloat16 autocast: every crop where native, a sample where emulated (it is very slow there).
     bf16_boxes = boxes if native_bf16 else _first(boxes, args.bf16_crops)
@@ -287,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
         speedup = f"{rate / naive_rate:7.2f}x" if case.dtype else f"{'-':>8}"
         print(f"{case.method:<52} {str(case.batch):>6} {case.crops:>6} {case.best:8.2f} {rate:9.2f} {achieved} {share} {speedup}")
     for label, seconds in compile_seconds.items():
-        print(f"compile time of {label!r} (first call, batch {compile_batch}): {seconds:.1f} s")
+        cache = "caches off" if args.cold_compile else "inductor's on-disk caches may hold it from an earlier run: see --cold-compile"
+        print(f"compile time of {label!r} (first call, batch {compile_batch}): {seconds:.1f} s ({cache})")
     print("rates are per ensemble member; an ensemble of n members scores n times slower.")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
 

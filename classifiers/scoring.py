@@ -9,15 +9,15 @@ as the paper averages its six networks.
 What was measured (``benchmarks/bench_scoring.py``, full-width GoogLeNet, on a shared 2-core AVX2
 CPU whose timings are noisy):
 
-* channels_last beats NCHW by ~1.3x in eager mode; small batches (16-32) are as good as large
-  ones on the CPU (the activations of a small batch stay in cache).
-* ``torch.compile`` (inductor, static shapes) gains 1.2-1.7x over eager channels_last. With
-  inductor's freezing (weights folded in as constants) it was no faster than without, so
-  ``freeze`` is off by default. A compile takes about a minute per member and batch shape on
-  such a machine, so it pays after a few thousand crops per member; ``compile=False`` is the
-  default. A dynamic batch dimension compiled for minutes and ran no faster than eager, which is
-  why compiled members get a fixed batch shape: the last, partial batch is padded with zeros
-  and the padding's scores dropped.
+* Eager channels_last beats NCHW by ~1.6x. On the CPU small batches are best (16 crops: ~34
+  crops/s, ~107 GFLOP/s; 128 crops: ~23 crops/s), as a small batch's activations stay in cache.
+* ``torch.compile`` (inductor, static shapes) gained up to ~1.15x over eager channels_last in
+  quiet spells (~40 crops/s at batch 16); under load the two were within the noise. Inductor's
+  freezing (weights folded in as constants) was no faster than without it, so ``freeze`` is off
+  by default. A cold compile takes 40-90 s per member and batch shape on such a machine, so
+  ``compile=False`` is the default. A dynamic batch dimension compiled for minutes and ran no
+  faster than eager, which is why compiled members get a fixed batch shape: the last, partial
+  batch is padded with zeros and the padding's scores dropped.
 * bfloat16 autocast on a CPU without native bfloat16 is several times slower than float32;
   :func:`detection.devices.bf16_supported` keeps it off there.
 * Running the members as one computation (``torch.func.stack_module_state`` + ``vmap``) turns
