@@ -121,7 +121,8 @@ class CropScorer:
             in eval mode (e.g. :class:`classifiers.inception.GoogLeNet`). They are copied; the
             originals are left as they are (mode, device, memory format).
         device: where to score: a torch device or ``"auto"``/``"cpu"``/``"cuda"``.
-        batch_size: crops per forward pass.
+        batch_size: crops per forward pass; None: 16 on the CPU (measured best: a small batch's
+            activations stay in cache), 128 on a GPU.
         compile: run each member through ``torch.compile`` (see the module note for when it
             pays).
         compile_mode: ``mode`` for ``torch.compile`` (None: its default).
@@ -135,7 +136,7 @@ class CropScorer:
         self,
         models: Sequence[nn.Module],
         device: torch.device | str = "auto",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         compile: bool = False,
         compile_mode: str | None = None,
         freeze: bool = False,
@@ -144,9 +145,11 @@ class CropScorer:
     ) -> None:
         if not models:
             raise ValueError("CropScorer needs at least one model")
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        if batch_size is None:
+            batch_size = 16 if self.device.type == "cpu" else 128
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.batch_size = batch_size
         self.compile = compile
         self.freeze = compile and freeze
@@ -253,7 +256,7 @@ class CropScorer:
 def score_crops(
     models: nn.Module | Sequence[nn.Module],
     crops: Tensor,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: torch.device | str = "auto",
     bf16: bool | None = None,
 ) -> Tensor:
