@@ -25,7 +25,6 @@ import json
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -193,14 +192,8 @@ def _find_image(image_dirs: Iterable[Path], filename: str | None, stem: str) -> 
 
 
 def _read_split_file(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(path, "split file not found")
-    ids = []
-    for line in path.read_text().splitlines():
-        fields = line.split()
-        if fields:
-            ids.append(fields[0])
-    return ids
+    """The first field of every non-empty line (the image ids)."""
+    return [line.split()[0] for line in _read_split_file_lines(path)]
 
 
 def _voc_classes(root: Path, annotation_paths: list[Path]) -> list[str]:

@@ -14,7 +14,6 @@ Detections of an image, for each class c: proposals whose averaged probability o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import numpy as np
 
 from detection.atomic import write_json, write_npz
 from detection.boxes import batched_nms
+from detection.checkpoints import file_digest
 from detection.problems import DataError, WarningTally
 from detection.records import Dataset, Detections
 
@@ -59,10 +59,6 @@ class MemberScores:
     member_ids: list[int]
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def score_dataset(
     dataset: Dataset,
     proposals_dir: str | Path,
@@ -87,7 +83,7 @@ def score_dataset(
     identity = {
         "dataset_fingerprint": dataset.fingerprint(),
         "proposals": {"method": store.method, "params": store.params},
-        "members": {str(i): _file_digest(paths[i]) for i in chosen},
+        "members": {str(i): file_digest(paths[i]) for i in chosen},
         "chunk_images": config.chunk_images,
     }
     meta_path = scores_dir / "meta.json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from proposals.store import SOURCES, ImageProposals
+from proposals.store import SOURCES, ImageProposals, rank_scores
 
 __all__ = ["merge_proposals", "unique_rows_first"]
 
@@ -36,9 +36,7 @@ def merge_proposals(*parts: ImageProposals) -> ImageProposals:
     boxes = np.concatenate([part.boxes for part in parts]).astype(np.float32).reshape(-1, 4)
     sources = np.concatenate([part.sources for part in parts]).astype(np.uint8)
     keep = unique_rows_first(boxes)
-    count = len(keep)
-    scores = ((count - np.arange(count)) / max(count, 1)).astype(np.float32)
-    return ImageProposals(image_id, boxes[keep], scores, sources[keep], errors)
+    return ImageProposals(image_id, boxes[keep], rank_scores(len(keep)), sources[keep], errors)
 
 
 def source_name(code: int) -> str:

@@ -23,11 +23,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from detection.checkpoints import file_digest
 from detection.problems import DataError
 from detection.records import Dataset
 from proposals.merge import merge_proposals
 from proposals.selective_search import SelectiveSearchConfig, configure_opencv_threads, selective_search
-from proposals.store import SOURCES, ImageProposals, ProposalStore
+from proposals.store import SOURCES, ImageProposals, ProposalStore, read_chunk
 
 __all__ = ["ProposalConfig", "ProposalSummary", "run_proposals", "proposals_for_image"]
 
@@ -57,7 +58,7 @@ class ProposalConfig:
             if not self.multibox_checkpoint:
                 raise ValueError(f"method '{self.method}' needs a MultiBox checkpoint (--multibox CKPT)")
             params["multibox_checkpoint"] = str(Path(self.multibox_checkpoint).resolve())
-            params["multibox_fingerprint"] = _file_fingerprint(Path(self.multibox_checkpoint))
+            params["multibox_fingerprint"] = file_digest(self.multibox_checkpoint)
             params["top_k"] = self.top_k
         return params
 
@@ -72,14 +73,6 @@ class ProposalSummary:
 
     def line(self) -> str:
         return f"images: {self.images}  boxes/image: {self.boxes_per_image:.1f}  seconds/image: {self.seconds_per_image:.3f}"
-
-
-def _file_fingerprint(path: Path) -> str:
-    import hashlib
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: MultiBox checkpoint not found")
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 class _ImageProposer:
@@ -181,15 +174,9 @@ def run_proposals(
             logger.warning("%s: %d image(s) could not be read and have no proposals (listed in meta.json)", out_dir, failed)
     else:
         # Only this shard's chunks exist; report what is there.
-        counts = [len(item.boxes) for k in range(store.num_chunks) if store.chunk_path(k).is_file() for item in _read(store, k)]
+        counts = [len(item.boxes) for k in range(store.num_chunks) if store.chunk_path(k).is_file() for item in read_chunk(store.chunk_path(k))]
         boxes_per_image, failed = (float(np.mean(counts)) if counts else 0.0), 0
     return ProposalSummary(len(dataset), computed, boxes_per_image, seconds / computed if computed else 0.0, failed)
-
-
-def _read(store: ProposalStore, chunk: int) -> list[ImageProposals]:
-    from proposals.store import read_chunk
-
-    return read_chunk(store.chunk_path(chunk))
 
 
 def proposal_config_from_args(base: ProposalConfig, method: str | None, ss_mode: str | None, superpixel_scale: float | None, multibox: str | None, top_k: int | None) -> ProposalConfig:

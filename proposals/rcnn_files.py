@@ -17,7 +17,7 @@ import numpy as np
 from detection import boxes as box_ops
 from detection.atomic import atomic_write
 from detection.records import Dataset
-from proposals.store import SOURCES, ImageProposals, ProposalStore, StoreError
+from proposals.store import SOURCES, ImageProposals, ProposalStore, StoreError, rank_scores
 
 __all__ = ["export_rcnn", "import_rcnn", "read_rcnn_file"]
 
@@ -90,9 +90,7 @@ def import_rcnn(path: str | Path, dataset: Dataset, out_dir: str | Path) -> Prop
         if boxes is None:
             return ImageProposals.failed(record.image_id, f"not in {Path(path).name}")
         boxes = box_ops.clip_boxes(boxes, record.width, record.height)
-        count = len(boxes)
-        scores = ((count - np.arange(count)) / max(count, 1)).astype(np.float32)
-        return ImageProposals(record.image_id, boxes, scores, np.full(count, SOURCES["imported"], np.uint8))
+        return ImageProposals(record.image_id, boxes, rank_scores(len(boxes)), np.full(len(boxes), SOURCES["imported"], np.uint8))
 
     store.fill(compute)
     return store

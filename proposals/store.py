@@ -38,7 +38,7 @@ import numpy as np
 from detection.atomic import atomic_write, write_json
 from detection.records import Dataset
 
-__all__ = ["SOURCES", "ImageProposals", "ProposalStore", "StoreError", "write_chunk", "read_chunk"]
+__all__ = ["SOURCES", "ImageProposals", "ProposalStore", "StoreError", "rank_scores", "write_chunk", "read_chunk"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 class StoreError(ValueError):
     """A store that cannot be used for this request; the message names the directory."""
+
+
+def rank_scores(count: int) -> np.ndarray:
+    """``(count,)`` float32 scores ``(count - rank) / count`` for boxes already in ranked order."""
+    return ((count - np.arange(count)) / max(count, 1)).astype(np.float32)
 
 
 @dataclass
@@ -116,6 +121,8 @@ class ProposalStore:
         self.params = params
         self.chunk_size = chunk_size
         self.num_chunks = (len(dataset) + chunk_size - 1) // chunk_size
+        # Hashing every record is the costly part of an identity check: do it once per store.
+        self.fingerprint = dataset.fingerprint()
 
     # ---------------------------------------------------------------- identity and meta
 
@@ -125,7 +132,7 @@ class ProposalStore:
             "method": self.method,
             "params": self.params,
             "dataset_spec": self.dataset.spec,
-            "dataset_fingerprint": self.dataset.fingerprint(),
+            "dataset_fingerprint": self.fingerprint,
             "num_images": len(self.dataset),
             "chunk_size": self.chunk_size,
             "box_convention": BOX_CONVENTION,
