@@ -30,14 +30,29 @@ config, member, dataset or class list is refused (``CheckpointError``); ``member
 ``num_threads`` and ``cache_images`` may change between runs, since they do not change what a
 member learns.
 
-Distributed training (torchrun + DDP) is left for later; the pieces are shaped for it:
-:func:`train_step` is the whole per-batch update (wrap the model in DDP and pass it in), and
-shards of an epoch's batches by rank would be ``batches[rank::world_size]``.
+Distributed training. Under ``torchrun --nproc_per_node N -m detection.cli train ...`` (the CLI
+joins the process group, :mod:`detection.distributed`) the live model is wrapped in
+:class:`~torch.nn.parallel.DistributedDataParallel` and passed to :func:`train_step`. Every rank
+draws the same epoch from the sampler (it depends only on seed, member and epoch) and trains on
+its share ``batches[rank::world_size]``; when the count does not divide evenly, the last round
+wraps around to the epoch's first batches (as torch's DistributedSampler pads), so that every
+rank takes the same number of synchronised steps. DDP averages the gradients and the learning
+rate is unchanged, so one step sees ``world_size x batch_size`` windows: N processes train
+with N times the batch of a single one and take 1/N of its steps per epoch, which is not the
+same run (a single process is the reference; resuming is exact for the same N). Batch norm
+keeps DDP's default ``broadcast_buffers=True``: each forward starts from rank 0's running
+statistics; after each step those are also copied to the other ranks, so that the Polyak
+average, updated on every rank from the unwrapped model, stays identical everywhere. Each rank
+draws its own dropout masks, from a seed fixed by (seed, member, epoch, rank). Epoch statistics
+are summed over ranks. Only rank 0 writes the member file (the others wait at a barrier after
+each save), and on a rerun every rank loads the same checkpoint, so resuming and skipping
+finished members work as in a single process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import random
@@ -46,7 +61,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +72,7 @@ from classifiers.crops import warp_crops
 from classifiers.inception import GoogLeNet, GoogLeNetOutputs, googlenet_loss
 from classifiers.region_classifier import MEMBER_KIND, RegionClassifierConfig, build_region_classifier
 from classifiers.sampling import ImageWindows, WindowBatch, WindowSampler, build_training_windows
+from detection import distributed
 from detection.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
 from detection.config_io import to_dict
 from detection.devices import autocast, prepare_model, resolve_device
@@ -73,6 +89,7 @@ __all__ = [
     "learning_rate",
     "build_photometric",
     "train_step",
+    "rank_share",
     "train_member",
     "train_members",
 ]
@@ -82,6 +99,8 @@ logger = logging.getLogger(__name__)
 #: Train-config fields that may differ when resuming: they do not change what a member learns.
 RESUME_NEUTRAL_FIELDS = ("members", "num_threads", "cache_images")
 
+T = TypeVar("T")
+
 
 @dataclass
 class TrainConfig:
@@ -89,7 +108,8 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training images (each image is visited once per epoch).
-        batch_size, fg_fraction: windows per batch and their foreground share (R-CNN: 128, 0.25).
+        batch_size, fg_fraction: windows per batch and their foreground share (R-CNN: 128, 0.25);
+            per process under torchrun, so one step sees ``world_size x batch_size`` windows.
         images_per_batch: images each batch draws its windows from (see classifiers.sampling).
         fg_iou, bg_iou_low, bg_iou_high: window labelling thresholds (R-CNN: 0.5, [0, 0.5)).
         lr, momentum, weight_decay: SGD (R-CNN fine-tuning: 0.001 from ImageNet weights, 0.9, 5e-4).
@@ -101,7 +121,8 @@ class TrainConfig:
         photometric: random brightness / contrast / hue / saturation per image and batch.
         members: ensemble size (the paper: 6).
         seed: base seed of every member (see the module note).
-        num_threads: torch CPU threads while training; None leaves torch's default.
+        num_threads: torch CPU threads while training; None leaves torch's default (under
+            torchrun the CLI gives each process its share of the machine's cores).
         cache_images: keep decoded images in memory for the whole run (a few hundred MB for
             BCCD; turn it off for ILSVRC-sized sets).
     """
@@ -439,6 +460,49 @@ def _torch_threads(num_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+# ----------------------------------------------------------------------------- distributed pieces
+
+
+def rank_share(batches: Callable[[], Iterator[T]], total: int, rank: int, world_size: int) -> Iterator[T]:
+    """Rank ``rank``'s share of an epoch of ``total`` batches: positions ``rank, rank + world_size, ...``.
+
+    Every rank gets ``ceil(total / world_size)`` batches, because DDP needs the same number of
+    steps on all ranks (each backward is a collective); a rank left one short takes the batch
+    at position ``(rank + own * world_size) % total`` again, i.e. the last round wraps around to
+    the epoch's first batches. ``batches()`` must return the same sequence at every call (it
+    is called a second time for that wrapped batch); with ``world_size == 1`` it is the epoch.
+    """
+    per_rank = -(-total // world_size)
+    own = len(range(rank, total, world_size))
+    yield from itertools.islice(batches(), rank, None, world_size)
+    if own < per_rank:
+        wrapped = (rank + own * world_size) % total
+        yield from itertools.islice(batches(), wrapped, wrapped + 1)
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel when a process group is up, else ``model`` itself.
+
+    DDP's defaults are kept: ``broadcast_buffers=True`` (each forward starts from rank 0's
+    batch-norm statistics) and no search for unused parameters (every parameter, the auxiliary
+    heads included, takes part in a training forward).
+    """
+    if not distributed.is_initialized():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _rank_dropout_seed(train: TrainConfig, member: int, epoch: int, rank: int) -> int:
+    """The torch seed of a rank's dropout in epoch ``epoch`` under torchrun.
+
+    One stream per (seed, member, epoch, rank): ranks do not drop the same units for different
+    windows, and resuming needs no RNG state of the other ranks (only rank 0's is saved).
+    """
+    return int(np.random.SeedSequence([train.seed, member, epoch, rank]).generate_state(1)[0])
+
+
 # ----------------------------------------------------------------------------- epochs
 
 
@@ -452,26 +516,42 @@ def _run_epoch(
     photometric: Any | None,
     label: str,
     progress: bool,
+    network: nn.Module | None = None,
 ) -> EpochStats:
-    """Train one epoch (``state.epoch``) and update the Polyak average after every step."""
+    """Train one epoch (``state.epoch``) and update the Polyak average after every step.
+
+    ``network`` is what the forward and backward run through: ``state.model`` itself (None), or
+    its DDP wrapper under torchrun, where this rank trains its :func:`rank_share` of the epoch
+    and the statistics are summed over ranks.
+    """
     from tqdm import tqdm
 
+    network = state.model if network is None else network
+    rank, world = distributed.rank(), distributed.world_size()
     started = time.perf_counter()
     losses: list[float] = []
     fg = [0, 0]
     bg = [0, 0]
     windows = 0
-    lr = learning_rate(train, state.epoch, 0, len(sampler))
+    steps = -(-len(sampler) // world)  # this rank's steps; len(sampler) in a single process
+    lr = learning_rate(train, state.epoch, 0, steps)
     aux_weight = state.model.config.aux_weight
-    bar = tqdm(sampler.epoch(state.epoch), total=len(sampler), desc=label, unit="batch", disable=not progress, leave=False)
+    share = rank_share(lambda: sampler.epoch(state.epoch), len(sampler), rank, world)
+    bar = tqdm(share, total=steps, desc=label, unit="batch", disable=not progress, leave=False)
     for step, batch in enumerate(bar):
         inputs = _batch_inputs(batch, source, classifier, device, photometric)
-        if inputs is None:
+        # A step is a collective under DDP: if one rank has nothing to train on, all skip it.
+        if not distributed.all_true(inputs is not None) or inputs is None:
             continue
-        lr = learning_rate(train, state.epoch, step, len(sampler))
+        # Local step index and count are the same on every rank, so is the learning rate.
+        lr = learning_rate(train, state.epoch, step, steps)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
-        result = train_step(state.model, state.optimizer, inputs[0], inputs[1], aux_weight, device)
+        result = train_step(network, state.optimizer, inputs[0], inputs[1], aux_weight, device)
+        if world > 1:
+            # Each rank's running statistics moved with its own batch; rank 0's win (as at the
+            # next forward anyway), before the average reads them, so it is the same everywhere.
+            distributed.broadcast_(state.model.buffers())
         state.averaged.update_parameters(state.model)
         losses.append(result.loss)
         fg[0] += result.fg_correct
@@ -481,16 +561,23 @@ def _run_epoch(
         windows += len(inputs[1])
         bar.set_postfix(loss=f"{result.loss:.3f}")
     bar.close()
-    if not losses:
+    batches = len(losses)
+    loss = float(np.mean(losses)) if losses else float("nan")
+    if world > 1:
+        # Sums over ranks; an epoch's loss is then the mean over all ranks' batches.
+        totals = distributed.all_reduce_sum([sum(losses), batches, fg[0], fg[1], bg[0], bg[1], windows])
+        batches, fg, bg, windows = int(totals[1]), [int(totals[2]), int(totals[3])], [int(totals[4]), int(totals[5])], int(totals[6])
+        loss = totals[0] / batches if batches else float("nan")
+    if not batches:
         raise RuntimeError(f"{label}: no batch could be trained (every image unreadable?)")
     return EpochStats(
         epoch=state.epoch + 1,
-        loss=float(np.mean(losses)),
+        loss=loss,
         fg_accuracy=fg[0] / fg[1] if fg[1] else float("nan"),
         bg_accuracy=bg[0] / bg[1] if bg[1] else float("nan"),
         lr=lr,
         seconds=time.perf_counter() - started,
-        batches=len(losses),
+        batches=batches,
         windows=windows,
     )
 
@@ -536,7 +623,7 @@ def train_member(
         member: the member's index; it selects the sampling streams and the dropout seed.
         out_path: the member's checkpoint; an unfinished one there is resumed.
         device: ``auto``, ``cpu`` or ``cuda``.
-        progress: show a progress bar per epoch.
+        progress: show a progress bar per epoch (on rank 0 only under torchrun).
         windows: labelled windows from :func:`build_training_windows` (computed when None; pass
             them to share the work between members).
     Returns:
@@ -546,6 +633,10 @@ def train_member(
     """
     path = Path(out_path)
     torch_device = resolve_device(str(device))
+    if torch_device.type == "cuda" and torch_device.index is None:
+        # Under torchrun each process has made its own GPU the current one: name it, for DDP
+        # and for the RNG fork below.
+        torch_device = torch.device("cuda", torch.cuda.current_device())
     run_config = _run_config(dataset, classifier, train, member)
     payload = _finished_or_resume(path, dataset, run_config)
     if payload is not None and int(payload["extra"].get("epoch", 0)) >= train.epochs:
@@ -556,7 +647,13 @@ def train_member(
     sampler = WindowSampler(windows, train.batch_size, train.fg_fraction, train.images_per_batch, train.hflip, train.seed, member)
     source = _ImageSource(dataset, train.cache_images)
     photometric = build_photometric() if train.photometric else None
-    info = {"member_seed": member_seed(train, member), "sampler": sampler.state_dict(), "epochs": train.epochs}
+    info: dict[str, Any] = {"member_seed": member_seed(train, member), "sampler": sampler.state_dict(), "epochs": train.epochs}
+    world = distributed.world_size()
+    if world > 1:
+        # Not part of the identity check: a member may resume with another process count (it
+        # then continues with another effective batch, and the log says so).
+        info["world_size"] = world
+    progress = progress and distributed.is_main()
 
     fork_devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
     # The caller's torch RNG is left as it was; training draws from its own seeded stream.
@@ -566,14 +663,24 @@ def train_member(
         if payload is not None:
             _restore(path, payload, state, torch_device)
             logger.info("member %d: resuming after epoch %d of %d from %s", member, state.epoch, train.epochs, path)
+            stored_world = int(payload["extra"].get("world_size", 1))
+            if stored_world != world:
+                logger.warning("member %d: started with %d process(es), continues with %d: the effective batch changes", member, stored_world, world)
+        # Wrapped after restoring, so DDP's initial broadcast sends the resumed weights.
+        network = _data_parallel(state.model, torch_device)
         while state.epoch < train.epochs:
             label = f"member {member} epoch {state.epoch + 1}/{train.epochs}"
-            stats = _run_epoch(state, sampler, source, classifier, train, torch_device, photometric, label, progress)
+            if world > 1:
+                torch.manual_seed(_rank_dropout_seed(train, member, state.epoch, distributed.rank()))
+            stats = _run_epoch(state, sampler, source, classifier, train, torch_device, photometric, label, progress, network=network)
             state.epoch += 1
             state.history.append(stats.as_dict())
             _log_epoch(member, train, stats)
             info["unreadable_images"] = len(source.unreadable)
-            _save(path, run_config, dataset.classes, state, torch_device, state.epoch >= train.epochs, info)
+            if distributed.is_main():
+                _save(path, run_config, dataset.classes, state, torch_device, state.epoch >= train.epochs, info)
+            # The other ranks read this file on a rerun or at the next member: not before it is whole.
+            distributed.barrier()
     source.tally.log_summary()
     return path
 

@@ -6,6 +6,7 @@ file that a later run would trust.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -53,3 +54,11 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
         handle.write(buffer.getvalue())
 
     return atomic_write(path, write)
+
+
+def file_digest(path: str | Path) -> str:
+    """A short hash of a file's bytes: derived outputs record it to notice a replaced checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

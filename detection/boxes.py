@@ -14,13 +14,19 @@ Conversions to other conventions happen only at file boundaries, through this mo
 
 IoU and NMS go through :mod:`torchvision.ops`; the numpy variant of IoU exists because the
 evaluator and the readers work on numpy arrays and should not pay for a tensor round trip.
+torch is imported inside the functions that need it: the readers and the Selective Search
+workers import this module, and a worker that never touches a tensor should not spend seconds
+importing torch at start-up.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torchvision.ops
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "as_boxes",
@@ -123,6 +129,8 @@ def box_iou_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU of ``(N, 4)`` and ``(M, 4)`` tensors -> ``(N, M)`` (torchvision.ops)."""
+    import torchvision.ops
+
     return torchvision.ops.box_iou(boxes1, boxes2)
 
 
@@ -139,6 +147,9 @@ def nms(boxes: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor, iou
 
     A box is dropped when its IoU with a kept, higher-scored box is above ``iou_threshold``.
     """
+    import torch
+    import torchvision.ops
+
     boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
     scores_t = torch.as_tensor(np.asarray(scores, dtype=np.float32)).reshape(-1)
     return torchvision.ops.nms(boxes_t, scores_t, float(iou_threshold)).numpy()
@@ -151,6 +162,9 @@ def batched_nms(
     iou_threshold: float,
 ) -> np.ndarray:
     """Per-label NMS: boxes of different labels never suppress each other. Returns ``(K,)`` indices."""
+    import torch
+    import torchvision.ops
+
     boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
     scores_t = torch.as_tensor(np.asarray(scores, dtype=np.float32)).reshape(-1)
     labels_t = torch.as_tensor(np.asarray(labels, dtype=np.int64)).reshape(-1)

@@ -14,7 +14,6 @@ and the first difference.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -23,21 +22,13 @@ import torch
 
 from detection.atomic import atomic_write
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "first_difference", "file_digest"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "first_difference"]
 
 FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used here; the message names the file and the fault."""
-
-
-def file_digest(path: str | Path) -> str:
-    """A short hash of a file's bytes: derived outputs record it to notice a replaced checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def save_checkpoint(path: str | Path, kind: str, config: dict[str, Any], classes: list[str], model: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> Path:

@@ -3,14 +3,21 @@
 Each subcommand is a pair of functions, one adding its arguments and one running it, gathered
 in ``COMMANDS``. Libraries log through :mod:`logging`; this module configures it (to stderr) and
 prints results to stdout, so ``rcnn evaluate ... | tail -1`` gives the ``mAP:`` line.
+
+``train`` and ``detect`` also run under ``torchrun --nproc_per_node N -m detection.cli ...``:
+each process joins the process group (:mod:`detection.distributed`) for the command and takes
+its share of the cores; rank 0 alone prints, writes the results and logs below warnings, and
+every log line says which rank wrote it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from detection.problems import DataError
@@ -175,15 +182,21 @@ def _add_detect(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
+    from detection import distributed
     from detection.config import load_config
     from detection.datasets import load_dataset
     from detection.detection_files import write_coco_results, write_detections
-    from detection.pipeline import detections_from_scores, score_dataset
+    from detection.pipeline import detections_from_scores, fill_score_cache, load_member_scores
 
     config = load_config(args.config, args.set)
     dataset = load_dataset(args.data)
     scores_dir = args.scores or args.out.with_suffix(".scores")
-    scores = score_dataset(dataset, args.proposals, args.checkpoints, scores_dir, args.members, args.device, config.detection)
+    with _torchrun_group(args.device, config.train.num_threads):
+        # Under torchrun every rank scores its share of the chunks; the call returns when all are done.
+        chosen = fill_score_cache(dataset, args.proposals, args.checkpoints, scores_dir, args.members, args.device, config.detection, progress=distributed.is_main())
+        if not distributed.is_main():
+            return 0
+    scores = load_member_scores(scores_dir, dataset, chosen)
     detections = detections_from_scores(scores, config.detection)
     write_detections(args.out, detections, dataset.classes)
     if args.coco:
@@ -222,6 +235,27 @@ def _run_show(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- training
+
+
+@contextlib.contextmanager
+def _torchrun_group(device: str, num_threads: int | None) -> Iterator[None]:
+    """Join the torchrun launch for a command's block; outside torchrun, nothing happens.
+
+    Each process takes ``num_threads`` torch CPU threads (the config's ``train.num_threads``)
+    or else its share of this machine's cores, rather than a full pool each.
+    """
+    from detection import distributed
+
+    if not distributed.under_torchrun():
+        yield
+        return
+    import torch
+
+    from detection.devices import resolve_device
+
+    torch.set_num_threads(distributed.threads_per_process(num_threads))
+    with distributed.process_group(resolve_device(device)):
+        yield
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -268,6 +302,7 @@ def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from classifiers.train import train_members
+    from detection import distributed
     from detection.config import load_config
     from detection.datasets import load_dataset
     from proposals.store import ProposalStore
@@ -279,8 +314,11 @@ def _run_train(args: argparse.Namespace) -> int:
         train = dataclasses.replace(train, members=max(members) + 1)
     dataset = load_dataset(args.data)
     proposals = ProposalStore.open(args.proposals, dataset).load_all()
-    paths = train_members(dataset, proposals, config.classifier, train, args.out, members, args.device or config.device)
-    print(f"members: {len(paths)} -> {args.out}")
+    device = args.device or config.device
+    with _torchrun_group(device, train.num_threads):
+        paths = train_members(dataset, proposals, config.classifier, train, args.out, members, device, progress=distributed.is_main())
+        if distributed.is_main():
+            print(f"members: {len(paths)} -> {args.out}")
     return 0
 
 
@@ -389,10 +427,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Log to stderr; under torchrun, lines carry the rank and ranks other than 0 keep quiet."""
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    prefix = ""
+    # Only torchrun sets LOCAL_RANK; checking it first spares other commands importing torch.
+    if "LOCAL_RANK" in os.environ:
+        from detection.distributed import launch
+
+        place = launch()
+        if place is not None:
+            prefix = f"[rank {place.rank}/{place.world_size}] "
+            if place.rank != 0 and not args.verbose:
+                level = max(level, logging.WARNING)
+    logging.basicConfig(level=level, format=f"{prefix}%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _configure_logging(args)
     try:
         return COMMANDS[args.command][1](args)
     except DataError as error:

@@ -7,6 +7,12 @@ the first missing chunk, and any subset of the scored members gives its detectio
 running a network again: that is how single-model and ensemble results come from one scoring
 pass.
 
+Under ``torchrun`` (see :mod:`detection.distributed`) the chunks are shared out: rank ``r`` scores
+the missing chunks ``k`` with ``k % world_size == r``, as ``rcnn propose --shard`` shares out
+proposal chunks. A chunk's images and their batches are fixed by the chunk index alone, so its
+file does not depend on which process wrote it, and the detections equal a single process's.
+Rank 0 writes ``meta.json`` before the others start; a last barrier waits for every chunk.
+
 Detections of an image, for each class c: proposals whose averaged probability of c is above
 ``score_threshold``, per-class non-maximum suppression at ``nms_iou`` (R-CNN: 0.3), then the
 ``max_per_image`` highest-scoring detections over all classes.
@@ -22,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from detection.atomic import write_json, write_npz
+from detection import distributed
+from detection.atomic import file_digest, write_json, write_npz
 from detection.boxes import batched_nms
-from detection.checkpoints import file_digest
 from detection.problems import DataError, WarningTally
 from detection.records import Dataset, Detections
 
-__all__ = ["DetectConfig", "MemberScores", "score_dataset", "detections_from_scores"]
+__all__ = ["DetectConfig", "MemberScores", "fill_score_cache", "score_dataset", "load_member_scores", "detections_from_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +75,51 @@ def score_dataset(
     config: DetectConfig | None = None,
     progress: bool = True,
 ) -> MemberScores:
-    """Score every stored proposal with each chosen member, resuming from ``scores_dir``."""
+    """Score every stored proposal with each chosen member, resuming from ``scores_dir``.
+
+    Under torchrun every rank scores its share (:func:`fill_score_cache`) and then reads all
+    chunks back; where only one rank needs the scores, call the two steps separately.
+    """
+    chosen = fill_score_cache(dataset, proposals_dir, checkpoints_dir, scores_dir, members, device, config, progress)
+    return load_member_scores(scores_dir, dataset, chosen)
+
+
+def _check_or_write_meta(scores_dir: Path, identity: dict[str, object]) -> None:
+    """Refuse a cache made for other inputs; write ``meta.json`` for a new one (rank 0 only).
+
+    Every rank compares first, so all refuse together; a rank that finds no file yet may see
+    rank 0's new one a moment later, which is then equal. The barrier keeps chunk writing
+    behind the meta file.
+    """
+    meta_path = scores_dir / "meta.json"
+    if meta_path.is_file():
+        stored = json.loads(meta_path.read_text())
+        if stored != identity:
+            raise ValueError(f"{scores_dir}: scores from other data, proposals or members; delete it or choose another --out")
+    elif distributed.is_main():
+        write_json(meta_path, identity)
+    distributed.barrier()
+
+
+def fill_score_cache(
+    dataset: Dataset,
+    proposals_dir: str | Path,
+    checkpoints_dir: str | Path,
+    scores_dir: str | Path,
+    members: str = "all",
+    device: str = "auto",
+    config: DetectConfig | None = None,
+    progress: bool = True,
+) -> list[int]:
+    """Score the missing chunks of ``scores_dir`` (this rank's share under torchrun).
+
+    Chunk ``k`` holds images ``[k * chunk_images, (k + 1) * chunk_images)`` scored in batches of
+    ``images_per_batch`` counted from the chunk's start: its contents depend on ``k`` only, so
+    which rank scores it does not matter. (One exception: after running out of memory the
+    ensemble keeps a smaller number of crops per forward pass for the rest of the process, and
+    passes of another size may round differently.) Returns the chosen member indices once
+    every rank is done (a barrier), so all chunks are on disk then.
+    """
     from tqdm import tqdm
 
     from classifiers.ensemble import Ensemble, member_paths, parse_members
@@ -86,19 +136,15 @@ def score_dataset(
         "members": {str(i): file_digest(paths[i]) for i in chosen},
         "chunk_images": config.chunk_images,
     }
-    meta_path = scores_dir / "meta.json"
-    if meta_path.is_file():
-        stored = json.loads(meta_path.read_text())
-        if stored != identity:
-            raise ValueError(f"{scores_dir}: scores from other data, proposals or members; delete it or choose another --out")
-    else:
-        write_json(meta_path, identity)
+    _check_or_write_meta(scores_dir, identity)
     proposals = store.load_all()
     num_chunks = (len(dataset) + config.chunk_images - 1) // config.chunk_images
-    todo = [k for k in range(num_chunks) if not (scores_dir / f"chunk-{k:05d}.npz").is_file()]
+    rank, world = distributed.rank(), distributed.world_size()
+    todo = [k for k in range(num_chunks) if k % world == rank and not (scores_dir / f"chunk-{k:05d}.npz").is_file()]
     tally = WarningTally(f"detect {dataset.spec}", logger)
     ensemble = Ensemble.from_dir(checkpoints_dir, dataset.classes, members, device, config.memory_budget_mb) if todo else None
-    bar = tqdm(total=sum(min(config.chunk_images, len(dataset) - k * config.chunk_images) for k in todo), desc="scoring", unit="img", disable=not progress or not todo)
+    total = sum(min(config.chunk_images, len(dataset) - k * config.chunk_images) for k in todo)
+    bar = tqdm(total=total, desc="scoring", unit="img", disable=not progress or not todo or not distributed.is_main())
     for chunk in todo:
         indices = range(chunk * config.chunk_images, min(len(dataset), (chunk + 1) * config.chunk_images))
         ids, boxes, probabilities = [], [], []
@@ -134,7 +180,9 @@ def score_dataset(
         )
     bar.close()
     tally.log_summary()
-    return load_member_scores(scores_dir, dataset, chosen)
+    # Every chunk is on disk once all ranks arrive here.
+    distributed.barrier()
+    return chosen
 
 
 def load_member_scores(scores_dir: str | Path, dataset: Dataset, member_ids: list[int]) -> MemberScores:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from detection.checkpoints import file_digest
+from detection.atomic import file_digest
 from detection.problems import DataError
 from detection.records import Dataset
 from proposals.merge import merge_proposals
@@ -115,12 +115,13 @@ _WORKER: _ImageProposer | None = None
 
 def _init_worker(spec: str, fingerprint: str, config: ProposalConfig) -> None:
     global _WORKER
-    import torch
-
     from detection.datasets import load_dataset
 
     configure_opencv_threads(1)
-    torch.set_num_threads(1)
+    if config.method != "ss":  # a Selective-Search-only worker never imports torch (seconds saved per worker)
+        import torch
+
+        torch.set_num_threads(1)
     logging.getLogger("detection").setLevel(logging.ERROR)  # the parent already reported data warnings
     dataset = load_dataset(spec)
     if dataset.fingerprint() != fingerprint:
