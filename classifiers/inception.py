@@ -442,6 +442,17 @@ class GoogLeNet(nn.Module):
         """The globally pooled features the classifier reads: (N, 3, H, W) -> (N, num_features)."""
         return torch.flatten(self.avgpool(self.trunk(x)), 1)
 
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and the pooled features they are computed from, in one pass.
+
+        (N, 3, H, W) -> (logits (N, num_classes), features (N, num_features)). The features are
+        the final linear layer's input after global average pooling, before dropout, so a
+        box regressor reads what the classifier reads; in eval mode the logits equal
+        ``forward``'s. The auxiliary heads never run here.
+        """
+        features = torch.flatten(self.avgpool(self.trunk(x)), 1)
+        return self.fc(self.dropout(features)), features
+
     def forward(self, x: Tensor) -> Tensor | GoogLeNetOutputs:
         """(N, 3, H, W) -> logits (N, num_classes), or :class:`GoogLeNetOutputs` when training with aux."""
         with_aux = self.training and self.has_aux

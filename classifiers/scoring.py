@@ -4,7 +4,9 @@
 mode, on the device, in channels_last, optionally compiled with ``torch.compile``, and it runs
 under ``torch.inference_mode`` with bfloat16 autocast where the hardware does bfloat16 natively
 (:func:`detection.devices.bf16_supported`). Softmax is taken in float32 and averaged over members,
-as the paper averages its six networks.
+as the paper averages its six networks. :meth:`CropScorer.score_with_features` also returns
+each member's pooled features from the same forward pass (what box regression reads, see
+:mod:`classifiers.box_regression`).
 
 What was measured (``benchmarks/bench_scoring.py``, full-width GoogLeNet, on a shared 2-core AVX2
 CPU whose timings are noisy):
@@ -58,6 +60,18 @@ __all__ = ["CropScorer", "score_crops"]
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[Tensor], Tensor]
+FeatureForward = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+class _WithFeatures(nn.Module):
+    """A model's ``forward_with_features`` as a module's forward, so ``torch.compile`` can take it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.forward_with_features(x)  # type: ignore[operator]
 
 
 def _compile_member(model: nn.Module, mode: str | None) -> Forward:
@@ -91,6 +105,7 @@ class _Member:
         self.versions: tuple[int, ...] = ()
         self.model: nn.Module = source
         self.forward: Forward = source
+        self._forward_features: FeatureForward | None = None
         self.refresh()
 
     def refresh(self) -> None:
@@ -102,6 +117,20 @@ class _Member:
         self.versions = _param_versions(self.source)
         self.model = model
         self.forward = _compile_member(model, self.mode) if self.compile else model
+        self._forward_features = None
+
+    @property
+    def forward_features(self) -> FeatureForward:
+        """``(B, 3, S, S)`` -> logits ``(B, C + 1)`` and pooled features ``(B, D)``, in one pass.
+
+        Built on first use, so that members scored without features never compile it.
+        """
+        if self._forward_features is None:
+            if not callable(getattr(self.model, "forward_with_features", None)):
+                raise TypeError(f"{type(self.model).__name__} has no forward_with_features(): it cannot give pooled features")
+            with_features = _WithFeatures(self.model)
+            self._forward_features = _compile_member(with_features, self.mode) if self.compile else with_features  # type: ignore[assignment]
+        return self._forward_features  # type: ignore[return-value]
 
     def ensure_current(self) -> None:
         if _param_versions(self.source) != self.versions:
@@ -118,8 +147,10 @@ class CropScorer:
 
     Args:
         models: the ensemble members, each mapping ``(B, 3, S, S)`` to logits ``(B, C + 1)``
-            in eval mode (e.g. :class:`classifiers.inception.GoogLeNet`). They are copied; the
-            originals are left as they are (mode, device, memory format).
+            in eval mode (e.g. :class:`classifiers.inception.GoogLeNet`); for
+            :meth:`score_with_features` they also need ``forward_with_features`` and
+            ``num_features``. They are copied; the originals are left as they are (mode,
+            device, memory format).
         device: where to score: a torch device or ``"auto"``/``"cpu"``/``"cuda"``.
         batch_size: crops per forward pass; None: 16 on the CPU (measured best: a small batch's
             activations stay in cache), 128 on a GPU.
@@ -167,8 +198,17 @@ class CropScorer:
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    def _batch_probabilities(self, batch: Tensor) -> Tensor:
-        """``(B, 3, S, S)`` on the device -> ``(B, C + 1)`` float32 mean softmax."""
+    def _batch_member_probabilities(self, batch: Tensor) -> Tensor:
+        """``(B, 3, S, S)`` on the device -> ``(M, B, C + 1)`` float32 softmax of each member."""
+        return self._batch_member_outputs(batch, with_features=False)[0]
+
+    def _batch_member_outputs(self, batch: Tensor, with_features: bool) -> tuple[Tensor, list[Tensor]]:
+        """``(B, 3, S, S)`` on the device -> each member's softmax ``(M, B, C + 1)`` float32 and,
+        with ``with_features``, each member's pooled features ``(B, D_m)`` float32 (else ``[]``).
+
+        The features come from the same forward pass as the probabilities, which equal those of
+        a pass without features.
+        """
         count = len(batch)
         if self.compile and count < self.batch_size:
             # Compiled members keep one static shape: pad the last batch rather than recompile.
@@ -177,35 +217,67 @@ class CropScorer:
             # Without autocast the convolutions need inputs in the weights' dtype.
             batch = batch.float()
         batch = batch.contiguous(memory_format=self.memory_format)
-        total: Tensor | None = None
+        probabilities, features = [], []
         # torch.autocast, not detection.devices.autocast: an explicit bf16=True must hold even
         # where bfloat16 is emulated (the benchmark measures it there).
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16), _freezing(self.freeze):
             for member in self.members:
-                probs = F.softmax(member.forward(batch)[:count].float(), dim=1)
-                total = probs if total is None else total.add_(probs)
-        assert total is not None
-        return total.div_(len(self.members))
+                if with_features:
+                    logits, pooled = member.forward_features(batch)
+                    features.append(pooled[:count].float())
+                else:
+                    logits = member.forward(batch)
+                probabilities.append(F.softmax(logits[:count].float(), dim=1))
+        return torch.stack(probabilities), features
 
     def __call__(self, crops: Tensor) -> Tensor:
         return self.score(crops)
 
     @torch.inference_mode()
-    def score(self, crops: Tensor) -> Tensor:
+    def score(self, crops: Tensor, per_member: bool = False) -> Tensor:
         """Mean softmax over members: crops ``(K, 3, S, S)`` (normalised) -> ``(K, C + 1)`` float32.
 
-        The crops may live anywhere; each batch moves to the device. The result is on the device.
+        ``per_member=True`` keeps the members apart: ``(M, K, C + 1)``. The crops may live
+        anywhere; each batch moves to the device. The result is on the device.
         """
         for member in self.members:
             member.ensure_current()
+        side = crops.shape[-1] if crops.dim() == 4 else RCNN_SIZE
         outputs = [
-            self._batch_probabilities(crops[start : start + self.batch_size].to(self.device, non_blocking=True))
+            self._batch_member_probabilities(crops[start : start + self.batch_size].to(self.device, non_blocking=True))
             for start in range(0, len(crops), self.batch_size)
         ]
-        if not outputs:
-            side = crops.shape[-1] if crops.dim() == 4 else RCNN_SIZE
-            return torch.zeros((0, self._num_outputs(side)), dtype=torch.float32, device=self.device)
-        return torch.cat(outputs)
+        return self._combine(outputs, side, per_member)
+
+    @torch.inference_mode()
+    def score_with_features(self, crops: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Per-member softmax and pooled features of crops ``(K, 3, S, S)``, from one pass.
+
+        Returns:
+            probabilities ``(M, K, C + 1)`` float32 (as ``score(crops, per_member=True)``) and a
+            list of M feature tensors ``(K, D_m)`` float32 (the input of each member's final
+            linear layer, see ``GoogLeNet.forward_with_features``), all on the device.
+        """
+        for member in self.members:
+            member.ensure_current()
+        side = crops.shape[-1] if crops.dim() == 4 else RCNN_SIZE
+        batches = [
+            self._batch_member_outputs(crops[start : start + self.batch_size].to(self.device, non_blocking=True), with_features=True)
+            for start in range(0, len(crops), self.batch_size)
+        ]
+        probabilities = self._combine([p for p, _ in batches], side, per_member=True)
+        if batches:
+            features = [torch.cat([f[m] for _, f in batches]) for m in range(len(self.members))]
+        else:
+            features = [torch.zeros((0, self._num_features(member.model)), device=self.device) for member in self.members]
+        return probabilities, features
+
+    @staticmethod
+    def _num_features(model: nn.Module) -> int:
+        """Width of a model's pooled features, for an empty result."""
+        if not hasattr(model, "num_features"):
+            raise TypeError(f"{type(model).__name__} has no num_features: it cannot give pooled features")
+        return int(model.num_features)  # type: ignore[arg-type]
 
     @torch.inference_mode()
     def score_boxes(
@@ -217,6 +289,7 @@ class CropScorer:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         sampling_ratio: int = 1,
+        per_member: bool = False,
     ) -> Tensor:
         """Warp and score every box of every image, a batch of crops at a time.
 
@@ -225,7 +298,8 @@ class CropScorer:
         exist at once. Geometry and arguments as in :func:`classifiers.crops.warp_crops`.
 
         Returns:
-            ``(K, C + 1)`` float32 on the device, ``K = sum_i B_i``, image-major, box order kept.
+            ``(K, C + 1)`` float32 on the device, ``K = sum_i B_i``, image-major, box order kept;
+            ``(M, K, C + 1)`` with ``per_member=True``.
         """
         if len(images) != len(boxes_per_image):
             raise ValueError(f"{len(images)} images but {len(boxes_per_image)} box lists")
@@ -235,14 +309,20 @@ class CropScorer:
         rois = make_rois(boxes_per_image, size, padding, self.device)
         out_dtype = torch.bfloat16 if self.bf16 and self.device.type == "cuda" else torch.float32
         outputs = [
-            self._batch_probabilities(
+            self._batch_member_probabilities(
                 crop_rois(canvas, rois[start : start + self.batch_size], size, sampling_ratio, out_dtype, self.channels_last)
             )
             for start in range(0, len(rois), self.batch_size)
         ]
-        if not outputs:
-            return torch.zeros((0, self._num_outputs(size)), dtype=torch.float32, device=self.device)
-        return torch.cat(outputs)
+        return self._combine(outputs, size, per_member)
+
+    def _combine(self, outputs: list[Tensor], side: int, per_member: bool) -> Tensor:
+        """Concatenate per-batch ``(M, B, C + 1)`` results; the member mean unless ``per_member``."""
+        if outputs:
+            probabilities = torch.cat(outputs, dim=1)
+        else:
+            probabilities = torch.zeros((len(self.members), 0, self._num_outputs(side)), dtype=torch.float32, device=self.device)
+        return probabilities if per_member else probabilities.mean(dim=0)
 
     def _num_outputs(self, side: int) -> int:
         """Outputs of the ensemble, for an empty result: the model's config, else one eager probe."""

@@ -6,6 +6,7 @@ A run directory holds every stage's output, so a rerun reuses what is there::
     RUNDIR/multibox/multibox.pt        MultiBox trained on the training set (when used)
     RUNDIR/proposals/{train,test}/     proposal stores
     RUNDIR/members/member{i}.pt        the region classifiers
+    RUNDIR/members/box_regressor{i}.pt their box regressors (only with box_regression.enabled)
     RUNDIR/detections/scores/          per-member probabilities of every test proposal
     RUNDIR/detections/*.json           detections of the ensemble and of each member alone
     RUNDIR/timings.json                wall time of each stage when it last ran
@@ -13,7 +14,16 @@ A run directory holds every stage's output, so a rerun reuses what is there::
 
 A run directory made with another config is refused unless ``force``; with ``force`` only the
 stages whose inputs changed are deleted and redone. A stage that fails leaves the outputs of the
-stages before it in place, and every stage resumes its own partial work.
+stages before it in place, and every stage resumes its own partial work. A section that a run
+directory's config.yaml lacks because it was added to the code later (``box_regression``) counts
+as its default, so older run directories stay usable.
+
+Box regression (not in the paper, off by default): with ``box_regression.enabled`` a stage fits
+each member's regressor after the members (:mod:`classifiers.box_regression`), scoring keeps the
+members' deltas, and the single-vs-ensemble table gains an "ensemble + box regression" row
+(``detections/ensemble_box_regression.json``, ``report.json["ensemble_box_regression"]``; null
+when off). The single members, the ensemble row, the size curve and the bootstrap stay without
+regression, as in the paper.
 """
 
 from __future__ import annotations
@@ -46,16 +56,48 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "multibox": ("seed", "data.train", "multibox"),
     "proposals": ("seed", "data", "multibox", "proposals"),
     "members": ("seed", "data.train", "multibox", "proposals", "classifier", "train"),
-    "detections": ("seed", "data", "multibox", "proposals", "classifier", "train", "detection"),
+    "box_regression": ("seed", "data.train", "multibox", "proposals", "classifier", "train", "box_regression"),
+    "detections": ("seed", "data", "multibox", "proposals", "classifier", "train", "box_regression", "detection"),
 }
-STAGE_DIRS = {"multibox": "multibox", "proposals": "proposals", "members": "members", "detections": "detections"}
+# What each stage leaves in the run directory, as globs: the regressors live beside the members.
+STAGE_OUTPUTS = {
+    "multibox": "multibox",
+    "proposals": "proposals",
+    "members": "members",
+    "box_regression": "members/box_regressor*.pt",
+    "detections": "detections",
+}
 
 
 def _section(values: dict[str, Any], dotted: str) -> Any:
+    """The value of a dotted key; a section switched off (``enabled: false``) counts as absent,
+    so that editing its other fields redoes nothing."""
     node: Any = values
     for key in dotted.split("."):
         node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict) and node.get("enabled") is False:
+        return None
     return node
+
+
+def _with_new_sections(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` plus the top-level sections it lacks that are at their defaults now.
+
+    Such a section was added to the code after the run directory was made (``box_regression``);
+    at its default it changes nothing that ran, so it must not make the directory "another config".
+    """
+    defaults = to_dict(Config())
+    added = {key: value for key, value in current.items() if key not in stored and value == defaults.get(key)}
+    return {**stored, **added}
+
+
+def _remove_outputs(run_dir: Path, stage: str) -> None:
+    for target in sorted(run_dir.glob(STAGE_OUTPUTS[stage])):
+        logger.warning("--force: removing %s (its inputs changed)", target)
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
 
 
 def _prepare_run_dir(run_dir: Path, config: Config, force: bool) -> None:
@@ -63,7 +105,7 @@ def _prepare_run_dir(run_dir: Path, config: Config, force: bool) -> None:
     path = run_dir / "config.yaml"
     current = to_dict(config)
     if path.is_file():
-        stored = yaml.safe_load(path.read_text()) or {}
+        stored = _with_new_sections(yaml.safe_load(path.read_text()) or {}, current)
         if stored != current:
             changed = sorted({key for key in set(stored) | set(current) if stored.get(key) != current.get(key)})
             if not force:
@@ -74,10 +116,7 @@ def _prepare_run_dir(run_dir: Path, config: Config, force: bool) -> None:
             stale = [stage for stage, inputs in STAGE_INPUTS.items() if any(_section(stored, k) != _section(current, k) for k in inputs)]
             first = min((list(STAGE_INPUTS).index(s) for s in stale), default=len(STAGE_INPUTS))
             for stage in list(STAGE_INPUTS)[first:]:
-                target = run_dir / STAGE_DIRS[stage]
-                if target.exists():
-                    logger.warning("--force: removing %s (its inputs changed)", target)
-                    shutil.rmtree(target)
+                _remove_outputs(run_dir, stage)
     write_text(path, yaml.safe_dump(current, sort_keys=False))
 
 
@@ -138,8 +177,16 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
             timer.times[f"proposals_{name}"]["seconds_per_image"] = summary.seconds_per_image
     train_proposals = ProposalStore.open(run_dir / "proposals" / "train", train_set).load_all()
     timer.run("members", lambda: train_members(train_set, train_proposals, config.classifier, config.train, run_dir / "members", device=device, progress=progress))
+    regression = config.box_regression.enabled
+    if regression:
+        from classifiers.box_regression import fit_box_regressors
+
+        timer.run(
+            "box_regression",
+            lambda: fit_box_regressors(train_set, train_proposals, config.box_regression, run_dir / "members", list(range(config.train.members)), device, progress, config.train.num_threads),
+        )
     members_all = ",".join(str(i) for i in range(config.train.members)) + ","
-    scores = timer.run("scoring", lambda: score_dataset(test_set, run_dir / "proposals" / "test", run_dir / "members", run_dir / "detections" / "scores", members_all, device, config.detection, progress))
+    scores = timer.run("scoring", lambda: score_dataset(test_set, run_dir / "proposals" / "test", run_dir / "members", run_dir / "detections" / "scores", members_all, device, config.detection, progress, regression))
     num_proposals = sum(len(b) for b in scores.boxes)
     scoring_seconds = timer.times["scoring"]["seconds"]
 
@@ -147,9 +194,9 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
     outcomes: list[_Outcome] = []
     detections_of: dict[str, Any] = {}
 
-    def outcome(label: str, members: list[int], positions: list[int]) -> _Outcome:
-        detections = detections_from_scores(scores, config.detection, positions)
-        write_detections(run_dir / "detections" / f"{label}.json", detections, test_set.classes)
+    def outcome(label: str, members: list[int], positions: list[int], box_regression: bool = False, stem: str | None = None) -> _Outcome:
+        detections = detections_from_scores(scores, config.detection, positions, box_regression)
+        write_detections(run_dir / "detections" / f"{stem or label}.json", detections, test_set.classes)
         detections_of[label] = detections
         results = {p: evaluate(test_set, detections, p, iou, config.evaluation.max_dets) for p in PROTOCOLS}
         main = results[protocol]
@@ -158,6 +205,9 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
     for position, member in enumerate(scores.member_ids):
         outcomes.append(outcome(f"member{member}", [member], [position]))
     ensemble = outcome("ensemble", scores.member_ids, list(range(len(scores.member_ids))))
+    regressed = None
+    if regression:
+        regressed = outcome("ensemble + box regression", scores.member_ids, list(range(len(scores.member_ids))), True, "ensemble_box_regression")
     best_single = max(outcomes, key=lambda o: o.map)
 
     # Single members and the full ensemble are already evaluated: the curve reuses them.
@@ -198,6 +248,7 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
         "proposals": {name: {"boxes_per_image": r.boxes_per_image, "recall_50": r.recall_50, "recall_70": r.recall_70, "mabo": r.mabo} for name, r in recall_rows.items()},
         "single": [dataclasses.asdict(o) for o in outcomes],
         "ensemble": dataclasses.asdict(ensemble),
+        "ensemble_box_regression": None if regressed is None else dataclasses.asdict(regressed),
         "best_single": best_single.label,
         "ensemble_size_curve": dataclasses.asdict(curve),
         "bootstrap": None if bootstrap is None else dataclasses.asdict(bootstrap),
@@ -210,11 +261,11 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
         },
     }
     write_json(run_dir / "report.json", report)
-    write_text(run_dir / "report.md", _markdown(report, outcomes, ensemble, curve, report["bootstrap"], gallery, run_dir))
+    write_text(run_dir / "report.md", _markdown(report, outcomes, ensemble, curve, report["bootstrap"], gallery, run_dir, regressed))
     return report
 
 
-def _markdown(report: dict, singles: list[_Outcome], ensemble: _Outcome, curve: Any, bootstrap: Any, gallery: list[Path], run_dir: Path) -> str:
+def _markdown(report: dict, singles: list[_Outcome], ensemble: _Outcome, curve: Any, bootstrap: Any, gallery: list[Path], run_dir: Path, regressed: _Outcome | None = None) -> str:
     protocol = report["protocol"]
     lines = [
         f"# Detection benchmark: {report['data']['test']}",
@@ -230,10 +281,18 @@ def _markdown(report: dict, singles: list[_Outcome], ensemble: _Outcome, curve: 
     for name, row in report["proposals"].items():
         lines.append(f"| {name} | {row['boxes_per_image']:.1f} | {row['recall_50']:.4f} | {row['recall_70']:.4f} | {row['mabo']:.4f} |")
     lines += ["", "## Single model vs ensemble (the shape of the paper's Tables 4 and 5)", "", f"| model | members | mAP ({protocol}) | " + " | ".join(p for p in PROTOCOLS if p != protocol) + " |", "|---|---|---|" + "---|" * (len(PROTOCOLS) - 1)]
-    for o in singles + [ensemble]:
+    for o in singles + [ensemble] + ([regressed] if regressed is not None else []):
         others = " | ".join(f"{o.per_protocol[p]:.4f}" for p in PROTOCOLS if p != protocol)
         lines.append(f"| {o.label} | {len(o.members)} | {o.map:.4f} | {others} |")
     lines += ["", "Paper (ILSVRC 2014 DET, 200 classes): single model 38.02% (Table 5), ensemble of 6: 43.9% (Table 4); ensemble gain +3.9 to +5.9 points.", ""]
+    if regressed is not None:
+        settings = report["config"]["box_regression"]
+        lines += [
+            f"Box regression (not in the paper; R-CNN style, ridge lambda {settings['ridge_lambda']:g} on each member's pooled features, "
+            f"trained on windows with IoU >= {settings['fg_iou']:g}, the members' mean deltas): ensemble {ensemble.map:.4f} -> "
+            f"{regressed.map:.4f} ({regressed.map - ensemble.map:+.4f}).",
+            "",
+        ]
     if bootstrap is not None:
         lines += [
             f"Ensemble minus best single member ({report['best_single']}): {bootstrap['difference']:+.4f}, "

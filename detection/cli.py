@@ -175,7 +175,7 @@ def _add_detect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", default="all", help="all, a count N (the first N), or indices like 0,2,5")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--scores", type=Path, metavar="DIR", help="per-member score cache (default: OUT with .scores)")
-    parser.add_argument("--config", type=Path, help="YAML config whose 'detection' section gives NMS and thresholds")
+    parser.add_argument("--config", type=Path, help="YAML config whose 'detection' section gives NMS and thresholds ('box_regression.enabled': refine boxes)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. detection.nms_iou=0.3")
     parser.add_argument("--coco", type=Path, metavar="FILE", help="also write COCO results")
     parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="detections JSON")
@@ -193,11 +193,14 @@ def _run_detect(args: argparse.Namespace) -> int:
     scores_dir = args.scores or args.out.with_suffix(".scores")
     with _torchrun_group(args.device, config.train.num_threads):
         # Under torchrun every rank scores its share of the chunks; the call returns when all are done.
-        chosen = fill_score_cache(dataset, args.proposals, args.checkpoints, scores_dir, args.members, args.device, config.detection, progress=distributed.is_main())
+        chosen = fill_score_cache(
+            dataset, args.proposals, args.checkpoints, scores_dir, args.members, args.device, config.detection,
+            progress=distributed.is_main(), box_regression=config.box_regression.enabled,
+        )
         if not distributed.is_main():
             return 0
     scores = load_member_scores(scores_dir, dataset, chosen)
-    detections = detections_from_scores(scores, config.detection)
+    detections = detections_from_scores(scores, config.detection, box_regression=config.box_regression.enabled)
     write_detections(args.out, detections, dataset.classes)
     if args.coco:
         write_coco_results(args.coco, detections, dataset)
@@ -294,7 +297,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="SPEC", help="training set")
     parser.add_argument("--proposals", required=True, type=Path, metavar="DIR", help="proposal store of the training set")
     parser.add_argument("--members", help="how many members (6) or which (0,2,5); default: the config's train.members")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes DIR/member{i}.pt; finished members are kept, interrupted ones resume")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes DIR/member{i}.pt (and box_regressor{i}.pt with box_regression.enabled); finished members are kept, interrupted ones resume")
     _config_arguments(parser)
 
 
@@ -317,6 +320,11 @@ def _run_train(args: argparse.Namespace) -> int:
     device = args.device or config.device
     with _torchrun_group(device, train.num_threads):
         paths = train_members(dataset, proposals, config.classifier, train, args.out, members, device, progress=distributed.is_main())
+        if config.box_regression.enabled:
+            from classifiers.box_regression import fit_box_regressors
+
+            chosen = members if members is not None else list(range(train.members))
+            fit_box_regressors(dataset, proposals, config.box_regression, args.out, chosen, device, distributed.is_main(), train.num_threads)
         if distributed.is_main():
             print(f"members: {len(paths)} -> {args.out}")
     return 0

@@ -10,8 +10,9 @@ A config file maps section names to the fields of :class:`Config`'s sections::
 
 Each stage keeps its section's dataclass beside its code (``proposals`` in
 :mod:`proposals.propose`, ``multibox`` in :mod:`proposals.multibox`, ``classifier`` in
-:mod:`classifiers.region_classifier`, ``train`` in :mod:`classifiers.train`, ``detection`` in
-:mod:`detection.pipeline`); this module gathers them. Unknown keys and values of the wrong type
+:mod:`classifiers.region_classifier`, ``train`` in :mod:`classifiers.train`, ``box_regression``
+in :mod:`classifiers.box_regression`, ``detection`` in :mod:`detection.pipeline`); this module
+gathers them. Unknown keys and values of the wrong type
 are errors naming the file and the key (:mod:`detection.config_io`). Command lines override
 single values with ``--set section.key=value`` (the value is parsed as YAML, so
 ``--set evaluation.iou=0.7`` gives a float). Only ``yaml.safe_load`` is used.
@@ -25,6 +26,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from classifiers.box_regression import BoxRegressionConfig
 from classifiers.region_classifier import RegionClassifierConfig
 from classifiers.train import TrainConfig
 from detection.config_io import ConfigError, apply_overrides, from_dict, to_dict
@@ -74,6 +76,7 @@ class Config:
     multibox: MultiBoxConfig = field(default_factory=MultiBoxConfig)
     classifier: RegionClassifierConfig = field(default_factory=RegionClassifierConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    box_regression: BoxRegressionConfig = field(default_factory=BoxRegressionConfig)
     detection: DetectConfig = field(default_factory=DetectConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)

@@ -306,6 +306,18 @@ def test_channels_last_gives_the_same_outputs() -> None:
     assert model(x.to(memory_format=torch.channels_last)).aux_logits1.shape == (2, 4)
 
 
+def test_forward_with_features_is_forward_and_features_in_one_pass() -> None:
+    """What a box regressor reads: the fc layer's input, from the pass that gave the logits."""
+    torch.manual_seed(0)
+    model = GoogLeNet(GoogLeNetConfig.paper(num_classes=4, width=0.125, input_size=32, aux_logits=False)).eval()
+    crops = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, features = model.forward_with_features(crops)
+        assert features.shape == (3, model.num_features)
+        assert torch.equal(logits, model(crops)) and torch.equal(features, model.features(crops))
+        torch.testing.assert_close(logits, model.fc(features))
+
+
 def test_config_rejects_bad_options() -> None:
     with pytest.raises(ValueError, match="branch5x5"):
         GoogLeNetConfig(branch5x5="7x7")  # type: ignore[arg-type]

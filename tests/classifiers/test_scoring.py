@@ -65,6 +65,32 @@ def test_mean_softmax_of_the_members(models: list[GoogLeNet], crops: torch.Tenso
     torch.testing.assert_close(out.sum(1), torch.ones(11))
 
 
+def test_per_member_probabilities_are_each_members_softmax(models: list[GoogLeNet], crops: torch.Tensor) -> None:
+    scorer = CropScorer(models, device="cpu", batch_size=4)
+    per_member = scorer.score(crops, per_member=True)
+    assert per_member.shape == (3, 11, NUM_CLASSES)
+    for index, model in enumerate(models):
+        torch.testing.assert_close(per_member[index], expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(per_member.mean(0), scorer(crops))
+    assert scorer.score(crops[:0], per_member=True).shape == (3, 0, NUM_CLASSES)
+
+
+def test_score_with_features_gives_the_same_probabilities_and_each_members_features(models: list[GoogLeNet], crops: torch.Tensor) -> None:
+    scorer = CropScorer(models, device="cpu", batch_size=4)
+    probabilities, features = scorer.score_with_features(crops)
+    assert torch.equal(probabilities, scorer.score(crops, per_member=True))
+    assert len(features) == 3
+    for model, member_features in zip(models, features):
+        with torch.no_grad():
+            expected = model.eval().features(crops)
+        assert member_features.shape == (11, model.num_features) and member_features.dtype == torch.float32
+        torch.testing.assert_close(member_features, expected, atol=1e-5, rtol=1e-4)
+    empty_probabilities, empty_features = scorer.score_with_features(crops[:0])
+    assert empty_probabilities.shape == (3, 0, NUM_CLASSES) and [f.shape for f in empty_features] == [(0, m.num_features) for m in models]
+    with pytest.raises(TypeError, match="forward_with_features"):
+        CropScorer([torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, NUM_CLASSES))], device="cpu").score_with_features(crops)
+
+
 def test_batch_size_and_layout_do_not_change_scores(models: list[GoogLeNet], crops: torch.Tensor) -> None:
     reference = CropScorer(models[:1], device="cpu", batch_size=64)(crops)
     for batch_size, channels_last in ((1, True), (5, False), (11, True)):
@@ -157,6 +183,13 @@ def test_compiled_members_see_one_batch_shape_and_recompile_after_changes(
         model.fc.weight.mul_(3.0)
     torch.testing.assert_close(scorer(crops), expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
     assert len(compiled) == 2
+    # The features path is compiled on first use only, with the same static batch shape.
+    shapes.clear()
+    probabilities, _ = scorer.score_with_features(crops)
+    assert len(compiled) == 3 and set(shapes) == {(4, 3, SIZE, SIZE)} and len(shapes) == 3
+    torch.testing.assert_close(probabilities[0], expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
+    scorer.score_with_features(crops)
+    assert len(compiled) == 3
 
 
 @pytest.mark.slow

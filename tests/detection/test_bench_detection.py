@@ -107,3 +107,80 @@ def test_train_detect_evaluate_commands_on_a_run(tiny_run, tmp_path, capsys):
 
     with pytest.raises(CheckpointError, match="trained for classes"):
         Ensemble.from_dir(members, ["cat", "dog"], device="cpu")
+
+
+# ----------------------------------------------------------------------------- box regression
+
+REGRESSION = ["box_regression.enabled=true", "box_regression.min_samples_per_class=2", "box_regression.max_samples_per_class=50"]
+
+
+def _sets(overrides):
+    return [argument for override in overrides for argument in ("--set", override)]
+
+
+def test_box_regression_adds_a_row_moves_boxes_and_redoes_only_its_stages(tmp_path):
+    """The TINY run with box regression on: its own row and file, moved boxes, and a --force
+    after a box_regression change refits the regressors without retraining the members."""
+    out = tmp_path / "run"
+    assert main(_args(out, *_sets(REGRESSION))) == 0
+    assert "| ensemble + box regression | 2 |" in (out / "report.md").read_text()
+    report = json.loads((out / "report.json").read_text())
+    regressed = report["ensemble_box_regression"]
+    assert regressed["label"] == "ensemble + box regression" and regressed["members"] == [0, 1] and 0.0 <= regressed["map"] <= 1.0
+    assert "box_regression" in report["timings"]
+    assert sorted(p.name for p in (out / "members").glob("box_regressor*.pt")) == ["box_regressor0.pt", "box_regressor1.pt"]
+
+    def boxes(name):
+        return {(d["image_id"], d["label"], tuple(round(v, 3) for v in d["box"])) for d in json.loads((out / "detections" / name).read_text())}
+
+    plain, moved = boxes("ensemble.json"), boxes("ensemble_box_regression.json")
+    assert plain and moved and len(plain & moved) < 0.1 * len(moved)
+
+    member = (out / "members" / "member0.pt").stat().st_mtime_ns
+    regressor = (out / "members" / "box_regressor0.pt").stat().st_mtime_ns
+    assert main(_args(out, *_sets(REGRESSION + ["box_regression.ridge_lambda=10"]), "--force")) == 0
+    assert (out / "members" / "member0.pt").stat().st_mtime_ns == member
+    assert (out / "members" / "box_regressor0.pt").stat().st_mtime_ns != regressor
+    assert json.loads((out / "report.json").read_text())["config"]["box_regression"]["ridge_lambda"] == 10.0
+
+
+def test_stage_inputs_of_box_regression(tmp_path):
+    """What --force removes when the box_regression section changes (no stage runs here)."""
+    import yaml
+
+    from detection.bench_detection import _prepare_run_dir
+    from detection.config import load_config
+
+    run = tmp_path / "run"
+    outputs = ["detections/ensemble.json", "members/box_regressor0.pt", "members/member0.pt", "multibox/multibox.pt", "proposals/train/meta.json"]
+    upstream = outputs[2:]
+
+    def populate():
+        for name in outputs:
+            (run / name).parent.mkdir(parents=True, exist_ok=True)
+            (run / name).write_text("x")
+
+    def left():
+        return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.name != "config.yaml")
+
+    _prepare_run_dir(run, load_config(None, ["box_regression.enabled=true"]), force=False)
+    populate()
+    with pytest.raises(ValueError, match="sections differ: box_regression"):
+        _prepare_run_dir(run, load_config(None, ["box_regression.enabled=true", "box_regression.ridge_lambda=5"]), force=False)
+    # A new penalty: the regressors and the detections go, the members stay.
+    _prepare_run_dir(run, load_config(None, ["box_regression.enabled=true", "box_regression.ridge_lambda=5"]), force=True)
+    assert left() == upstream
+    populate()
+    # Switched off: the same.
+    _prepare_run_dir(run, load_config(None, ["box_regression.ridge_lambda=5"]), force=True)
+    assert left() == upstream
+    populate()
+    # The other fields of a switched-off section change nothing that ran.
+    _prepare_run_dir(run, load_config(None, ["box_regression.ridge_lambda=7"]), force=True)
+    assert left() == outputs
+    # A run directory made before the section existed is the same config as the default.
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    del stored["box_regression"]
+    (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+    _prepare_run_dir(run, load_config(None), force=False)
+    assert left() == outputs

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,6 +109,24 @@ def test_torchrun_detect_equals_a_single_process_byte_for_byte(trained: Trained)
     assert chunks == ["chunk-00000.npz", "chunk-00001.npz", "chunk-00002.npz"]
     for name in [*chunks, "meta.json"]:
         assert (root / "torchrun.scores" / name).read_bytes() == (root / "single.scores" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_torchrun_box_regression_fits_on_rank_0_and_detects_byte_for_byte(trained: Trained) -> None:
+    """Box regression on: ``train`` skips the finished members and rank 0 fits the regressors;
+    ``detect`` keeps the deltas in the chunks, identical whichever rank scored them."""
+    root = trained.root
+    regression = _sets(["box_regression.enabled=true", "box_regression.min_samples_per_class=2"])
+    _torchrun(["train", "--data", DATA, "--proposals", str(trained.proposals), "--out", str(trained.members), *_sets(TINY), *regression])
+    assert sorted(p.name for p in trained.members.glob("box_regressor*.pt")) == ["box_regressor0.pt", "box_regressor1.pt"]
+    common = ["detect", "--data", DATA, "--proposals", str(trained.proposals), "--checkpoints", str(trained.members), "--device", "cpu", *_sets(TINY), *regression]
+    _run(["-m", "detection.cli", *common, "--out", str(root / "single_regressed.json")])
+    _torchrun([*common, "--out", str(root / "torchrun_regressed.json")])
+    assert (root / "torchrun_regressed.json").read_bytes() == (root / "single_regressed.json").read_bytes()
+    for path in sorted((root / "single_regressed.scores").iterdir()):
+        assert (root / "torchrun_regressed.scores" / path.name).read_bytes() == path.read_bytes(), path.name
+    with np.load(root / "single_regressed.scores" / "chunk-00002.npz") as data:
+        assert "deltas" in data.files
 
 
 def test_outside_torchrun_nothing_is_initialised(monkeypatch: pytest.MonkeyPatch) -> None:
