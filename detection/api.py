@@ -61,7 +61,8 @@ class Detector:
         config = from_dict(Config, yaml.safe_load(config_path.read_text()) or {}, str(config_path))
         paths = member_paths(run_dir / "members")
         classes = load_checkpoint(next(iter(paths.values())), MEMBER_KIND)["classes"]
-        ensemble = Ensemble.from_dir(run_dir / "members", classes, members, device, config.detection.memory_budget_mb)
+        regression = config.box_regression.enabled
+        ensemble = Ensemble.from_dir(run_dir / "members", classes, members, device, config.detection.memory_budget_mb, box_regression=regression)
         multibox = None
         if config.proposals.method in ("multibox", "merged"):
             from proposals.multibox import MultiBoxProposer
@@ -83,7 +84,14 @@ class Detector:
         if not isinstance(image, np.ndarray):
             image = read_image(image)
         proposals = proposals_for_image("image", image, self.config.proposals, self.multibox)
-        probabilities = self.ensemble.score([image], [proposals.boxes])[0].numpy().mean(axis=0)
-        detections = image_detections("image", proposals.boxes, probabilities, self.config.detection)
+        if self.ensemble.regressors is not None:
+            # The run used box regression: the members' mean deltas move each class's boxes.
+            scored, deltas = self.ensemble.score_with_deltas([image], [proposals.boxes])
+            probabilities = scored[0].numpy().mean(axis=0)
+            mean_deltas = deltas[0].numpy().astype(np.float32).mean(axis=0)
+            detections = image_detections("image", proposals.boxes, probabilities, self.config.detection, mean_deltas, image.shape[:2])
+        else:
+            probabilities = self.ensemble.score([image], [proposals.boxes])[0].numpy().mean(axis=0)
+            detections = image_detections("image", proposals.boxes, probabilities, self.config.detection)
         order = np.argsort(-detections.scores, kind="stable")
         return DetectionResult(detections.boxes[order], [self.classes[k] for k in detections.labels[order]], detections.scores[order])

@@ -143,6 +143,19 @@ def test_box_regression_adds_a_row_moves_boxes_and_redoes_only_its_stages(tmp_pa
     assert (out / "members" / "box_regressor0.pt").stat().st_mtime_ns != regressor
     assert json.loads((out / "report.json").read_text())["config"]["box_regression"]["ridge_lambda"] == 10.0
 
+    # The Python API applies the run's regressors: its boxes are the ensemble + box regression ones.
+    from detection.api import Detector
+    from detection.datasets import load_dataset
+
+    detector = Detector.from_run(out)
+    assert detector.ensemble.regressors is not None
+    test_set = load_dataset("synthetic:4:1")
+    record = test_set[0]
+    result = detector(test_set.load_image(record))
+    regressed_top = max((d for d in json.loads((out / "detections" / "ensemble_box_regression.json").read_text()) if d["image_id"] == record.image_id), key=lambda d: d["score"])
+    assert result.labels[0] == regressed_top["label"] and result.scores[0] == pytest.approx(regressed_top["score"], abs=1e-3)
+    assert result.boxes[0] == pytest.approx(regressed_top["box"], abs=0.05)
+
 
 def test_stage_inputs_of_box_regression(tmp_path):
     """What --force removes when the box_regression section changes (no stage runs here)."""
