@@ -1,5 +1,8 @@
 """classifiers.scoring on small GoogLeNets (width 1/8, 32x32 crops) on the CPU.
 
+Tests that compare with an eager float32 reference ask for ``bf16=False``: on a CPU with native
+bfloat16 (AMX) the scorer autocasts by default, which moves probabilities by ~1e-3.
+
 The real ``torch.compile`` path takes a minute or more per model on a small CPU, so it is
 exercised by one opt-in test (``RCNN_TEST_COMPILE=1``); the bookkeeping around it (static
 batch shapes, copies, recompiling after the weights change) is tested with a stand-in compiler.
@@ -18,6 +21,7 @@ from classifiers import scoring
 from classifiers.crops import warp_crops
 from classifiers.inception import GoogLeNet, GoogLeNetConfig
 from classifiers.scoring import CropScorer, score_crops
+from detection.devices import bf16_supported
 
 NUM_CLASSES = 5
 SIZE = 32
@@ -59,14 +63,14 @@ def expected_probabilities(models: list[GoogLeNet], crops: torch.Tensor) -> torc
 
 
 def test_mean_softmax_of_the_members(models: list[GoogLeNet], crops: torch.Tensor) -> None:
-    out = CropScorer(models, device="cpu", batch_size=4)(crops)
+    out = CropScorer(models, device="cpu", batch_size=4, bf16=False)(crops)
     assert out.shape == (11, NUM_CLASSES) and out.dtype == torch.float32
     torch.testing.assert_close(out, expected_probabilities(models, crops), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.sum(1), torch.ones(11))
 
 
 def test_per_member_probabilities_are_each_members_softmax(models: list[GoogLeNet], crops: torch.Tensor) -> None:
-    scorer = CropScorer(models, device="cpu", batch_size=4)
+    scorer = CropScorer(models, device="cpu", batch_size=4, bf16=False)
     per_member = scorer.score(crops, per_member=True)
     assert per_member.shape == (3, 11, NUM_CLASSES)
     for index, model in enumerate(models):
@@ -76,7 +80,7 @@ def test_per_member_probabilities_are_each_members_softmax(models: list[GoogLeNe
 
 
 def test_score_with_features_gives_the_same_probabilities_and_each_members_features(models: list[GoogLeNet], crops: torch.Tensor) -> None:
-    scorer = CropScorer(models, device="cpu", batch_size=4)
+    scorer = CropScorer(models, device="cpu", batch_size=4, bf16=False)
     probabilities, features = scorer.score_with_features(crops)
     assert torch.equal(probabilities, scorer.score(crops, per_member=True))
     assert len(features) == 3
@@ -92,9 +96,9 @@ def test_score_with_features_gives_the_same_probabilities_and_each_members_featu
 
 
 def test_batch_size_and_layout_do_not_change_scores(models: list[GoogLeNet], crops: torch.Tensor) -> None:
-    reference = CropScorer(models[:1], device="cpu", batch_size=64)(crops)
+    reference = CropScorer(models[:1], device="cpu", batch_size=64, bf16=False)(crops)
     for batch_size, channels_last in ((1, True), (5, False), (11, True)):
-        out = CropScorer(models[:1], device="cpu", batch_size=batch_size, channels_last=channels_last)(crops)
+        out = CropScorer(models[:1], device="cpu", batch_size=batch_size, channels_last=channels_last, bf16=False)(crops)
         torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-4)
 
 
@@ -107,7 +111,7 @@ def test_originals_are_left_alone(crops: torch.Tensor) -> None:
 
 def test_changed_weights_are_picked_up(crops: torch.Tensor) -> None:
     model = small_model(8)
-    scorer = CropScorer([model], device="cpu")
+    scorer = CropScorer([model], device="cpu", bf16=False)
     before = scorer(crops)
     with torch.no_grad():
         model.fc.bias.copy_(torch.arange(NUM_CLASSES, dtype=torch.float32))
@@ -136,8 +140,13 @@ def test_score_boxes_equals_scoring_warped_crops(models: list[GoogLeNet]) -> Non
 
 
 def test_score_crops_convenience(models: list[GoogLeNet], crops: torch.Tensor) -> None:
-    torch.testing.assert_close(score_crops(models, crops, batch_size=4, device="cpu"), expected_probabilities(models, crops), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(score_crops(models[0], crops, device="cpu"), expected_probabilities(models[:1], crops), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(score_crops(models, crops, batch_size=4, device="cpu", bf16=False), expected_probabilities(models, crops), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(score_crops(models[0], crops, device="cpu", bf16=False), expected_probabilities(models[:1], crops), atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_by_default_exactly_where_it_is_native(models: list[GoogLeNet]) -> None:
+    assert CropScorer(models[:1], device="cpu").bf16 == bf16_supported(torch.device("cpu"))
+    assert CropScorer(models[:1], device="cpu", bf16=False).bf16 is False
 
 
 def test_bf16_autocast_runs_and_stays_close(models: list[GoogLeNet], crops: torch.Tensor) -> None:
@@ -172,7 +181,7 @@ def test_compiled_members_see_one_batch_shape_and_recompile_after_changes(
 
     monkeypatch.setattr(scoring, "_compile_member", fake_compile)
     model = small_model(9)
-    scorer = CropScorer([model], device="cpu", batch_size=4, compile=True)
+    scorer = CropScorer([model], device="cpu", batch_size=4, compile=True, bf16=False)
     out = scorer(crops)  # 11 crops: 4 + 4 + 3 padded to 4
     assert set(shapes) == {(4, 3, SIZE, SIZE)} and len(shapes) == 3
     torch.testing.assert_close(out, expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
@@ -197,7 +206,7 @@ def test_compiled_members_see_one_batch_shape_and_recompile_after_changes(
 @pytest.mark.parametrize("freeze", [True, False])
 def test_real_compile_matches_eager(crops: torch.Tensor, freeze: bool) -> None:
     members = [small_model(10), small_model(11)]
-    scorer = CropScorer(members, device="cpu", batch_size=8, compile=True, freeze=freeze)
+    scorer = CropScorer(members, device="cpu", batch_size=8, compile=True, freeze=freeze, bf16=False)
     torch.testing.assert_close(scorer(crops), expected_probabilities(members, crops), atol=1e-5, rtol=1e-4)
     with torch.no_grad():
         members[1].conv1.conv.weight.mul_(2.0)  # frozen constants must not go stale
