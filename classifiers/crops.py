@@ -32,6 +32,12 @@ shrunk a lot. ``sampling_ratio=0`` averages ``ceil(box side / S)`` samples per o
 axis instead, close to an area (box-filter) resize for big boxes and identical to ``1`` for boxes
 no larger than the crop.
 
+:func:`gather_crops` computes the same samples as ``roi_align`` with ``sampling_ratio=1`` from
+plain tensor operations on a channels-last copy of the canvas. Eager it is slower than
+``roi_align``; under ``torch.compile`` it becomes one fused, multi-threaded loop that writes the
+crops straight in the network's dtype and memory format, which is how the compiled scoring path
+of :class:`classifiers.scoring.CropScorer` cuts its crops.
+
 Shapes: ``K = sum_i B_i`` crops for ``N`` images with ``B_i`` boxes each; crops come out
 image-major with each image's boxes in their given order.
 """
@@ -57,6 +63,8 @@ __all__ = [
     "images_to_canvas",
     "make_rois",
     "crop_rois",
+    "canvas_pixels",
+    "gather_crops",
     "warp_crops",
     "flip_crops",
 ]
@@ -226,6 +234,70 @@ def crop_rois(
         canvas, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True
     )
     return crops.to(dtype=out_dtype, memory_format=memory_format)
+
+
+def canvas_pixels(canvas: Tensor) -> tuple[Tensor, Tensor]:
+    """A canvas as the inputs of :func:`gather_crops`: its pixels as rows, and its shape as data.
+
+    Args:
+        canvas: ``(N, 3, H, W)`` float32 from :func:`images_to_canvas`.
+
+    Returns:
+        ``(N * H * W, 3)`` pixels (channels last, row-major over image, row, column) and the
+        int64 tensor ``[H, W]`` on the canvas device. The shape travels as a tensor so that a
+        compiled :func:`gather_crops` serves every canvas size without compiling again.
+    """
+    _, _, height, width = canvas.shape
+    # contiguous(): for one image the reshape is a strided view, which would compile apart.
+    pixels = canvas.permute(0, 2, 3, 1).reshape(-1, canvas.shape[1]).contiguous()
+    return pixels, torch.tensor([height, width], dtype=torch.int64, device=canvas.device)
+
+
+def gather_crops(pixels: Tensor, canvas_hw: Tensor, rois: Tensor, size: int = RCNN_SIZE, out_dtype: torch.dtype = torch.float32) -> Tensor:
+    """The crops of :func:`crop_rois` with ``sampling_ratio=1``, from gathers a compiler can fuse.
+
+    Output pixel ``(i, j)`` of a row ``(n, x1, y1, x2, y2)`` is the bilinear sample at
+    ``x = x1 + (j + 0.5) * (x2 - x1) / S - 0.5`` (pixel-centre coordinates; likewise ``y``) with
+    ``roi_align``'s edge rule: zero for samples more than one pixel outside the canvas, the edge
+    value replicated for samples within one pixel of it.
+
+    Args:
+        pixels, canvas_hw: from :func:`canvas_pixels`.
+        rois: ``(K, 5)`` rows from :func:`make_rois`, on the same device.
+        size: side ``S`` of the crops.
+        out_dtype: dtype of the crops (the interpolation runs in float32).
+
+    Returns:
+        ``(K, 3, S, S)`` crops in the channels_last memory format.
+    """
+    height, width = canvas_hw[0], canvas_hw[1]
+    step = (torch.arange(size, device=rois.device, dtype=torch.float32) + 0.5) / size
+    x = rois[:, 1:2] + step * (rois[:, 3:4] - rois[:, 1:2]) - 0.5  # (K, S)
+    y = rois[:, 2:3] + step * (rois[:, 4:5] - rois[:, 2:3]) - 0.5
+    inside = ((y >= -1) & (y <= height))[:, :, None] & ((x >= -1) & (x <= width))[:, None, :]
+    x0, x1, fx = _corners(x, width)
+    y0, y1, fy = _corners(y, height)
+    image = rois[:, 0].long()[:, None, None] * (height * width)
+    row0, row1 = image + y0[:, :, None] * width, image + y1[:, :, None] * width
+
+    def sample(row: Tensor, column: Tensor) -> Tensor:
+        return pixels[row + column[:, None, :]]  # (K, S, S, 3)
+
+    fx, fy = fx[:, None, :, None], fy[:, :, None, None]
+    top = sample(row0, x0) * (1 - fx) + sample(row0, x1) * fx
+    bottom = sample(row1, x0) * (1 - fx) + sample(row1, x1) * fx
+    crops = torch.where(inside[..., None], top * (1 - fy) + bottom * fy, 0.0)
+    return crops.to(out_dtype).permute(0, 3, 1, 2)
+
+
+def _corners(coordinate: Tensor, extent: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``roi_align``'s two neighbours and the weight of the second along one axis."""
+    coordinate = coordinate.clamp(min=0)
+    low = coordinate.floor().long().clamp(max=extent - 1)
+    at_edge = low >= extent - 1
+    high = torch.where(at_edge, low, low + 1)
+    fraction = torch.where(at_edge, 0.0, coordinate - low)
+    return low, high, fraction
 
 
 def warp_crops(

@@ -93,7 +93,7 @@ class Ensemble:
     member, in the order of ``models``; :meth:`score_with_deltas` needs them.
     """
 
-    def __init__(self, models: list[GoogLeNet], config: RegionClassifierConfig, classes: list[str], member_ids: list[int], device: torch.device, memory_budget_mb: float = 1024, regressors: list[BoxRegressor] | None = None) -> None:
+    def __init__(self, models: list[GoogLeNet], config: RegionClassifierConfig, classes: list[str], member_ids: list[int], device: torch.device, memory_budget_mb: float = 1024, regressors: list[BoxRegressor] | None = None, compile: bool = False) -> None:
         if not models:
             raise ValueError("an ensemble needs at least one member")
         if regressors is not None:
@@ -114,11 +114,12 @@ class Ensemble:
         self.device = device
         self.crops_per_batch = crops_per_batch_for_budget(config.crop_size, config.width, memory_budget_mb)
         # One forward path for the whole project: the scorer (eval copies, channels_last,
-        # bfloat16 where native, forward batches sized for the device).
-        self.scorer = CropScorer(models, device)
+        # bfloat16 where native, forward batches sized for the device); ``compile`` compiles the
+        # members (weights frozen in) and the crop warp, see classifiers.scoring.
+        self.scorer = CropScorer(models, device, compile=compile, freeze=compile)
 
     @classmethod
-    def from_dir(cls, directory: str | Path, classes: list[str], members: str = "all", device: str = "auto", memory_budget_mb: float = 1024, box_regression: bool = False) -> Ensemble:
+    def from_dir(cls, directory: str | Path, classes: list[str], members: str = "all", device: str = "auto", memory_budget_mb: float = 1024, box_regression: bool = False, compile: bool = False) -> Ensemble:
         """Load the chosen members; all must share one crop geometry and class list.
 
         With ``box_regression`` each member's ``box_regressor{i}.pt`` is loaded too; it must have
@@ -149,7 +150,7 @@ class Ensemble:
                     )
                 regressors.append(load_box_regressor(path, classes, member=index, member_digest=file_digest(paths[index])))
         logger.info("ensemble of %d member(s) %s on %s%s", len(models), chosen, torch_device, " with box regressors" if box_regression else "")
-        return cls(models, configs[0], classes, chosen, torch_device, memory_budget_mb, regressors)
+        return cls(models, configs[0], classes, chosen, torch_device, memory_budget_mb, regressors, compile)
 
     def warp(self, images: Sequence[np.ndarray], boxes_per_image: Sequence[np.ndarray]) -> torch.Tensor:
         """Normalised crops ``(N, 3, S, S)`` of every box, image-major, on the device."""
@@ -203,11 +204,15 @@ class Ensemble:
             stop = min(total, start + self.crops_per_batch)
             used = np.unique(owner[start:stop])
             try:
-                crops = self.warp([images[i] for i in used], [flat_boxes[start:stop][owner[start:stop] == i] for i in used])
+                chunk_images = [images[i] for i in used]
+                chunk_boxes = [flat_boxes[start:stop][owner[start:stop] == i] for i in used]
                 if deltas is not None:
-                    outputs[:, start:stop], deltas[:, start:stop] = self.score_crops_with_deltas(crops)
+                    outputs[:, start:stop], deltas[:, start:stop] = self.score_crops_with_deltas(self.warp(chunk_images, chunk_boxes))
                 else:
-                    outputs[:, start:stop] = self.score_crops(crops)
+                    # Cut and scored batch by batch (the scorer's fastest path, compiled or not).
+                    outputs[:, start:stop] = self.scorer.score_boxes(
+                        chunk_images, chunk_boxes, size=self.config.crop_size, padding=self.config.padding(), per_member=True
+                    ).cpu()
             except (RuntimeError, torch.OutOfMemoryError) as error:
                 if not _is_out_of_memory(error) or self.crops_per_batch <= 1:
                     raise

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,9 @@ from classifiers.crops import (
     RCNN_SIZE,
     BoxesLike,
     ImageLike,
+    canvas_pixels,
     crop_rois,
+    gather_crops,
     images_to_canvas,
     make_rois,
 )
@@ -77,6 +79,11 @@ class _WithFeatures(nn.Module):
 def _compile_member(model: nn.Module, mode: str | None) -> Forward:
     """``torch.compile`` of one member; a module-level function so tests can replace it."""
     return torch.compile(model, mode=mode)  # type: ignore[return-value]
+
+
+def _compile_warp() -> Callable[..., Tensor]:
+    """``torch.compile`` of :func:`classifiers.crops.gather_crops`, for every canvas and crop count."""
+    return torch.compile(gather_crops, dynamic=True)  # type: ignore[return-value]
 
 
 def _freezing(enabled: bool) -> contextlib.AbstractContextManager[object]:
@@ -193,6 +200,7 @@ class CropScorer:
 
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * len(models) + 8)
         self.members = [_Member(m, self.device, channels_last, compile, compile_mode) for m in models]
+        self._warp: Callable[..., Tensor] | None = None
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -307,14 +315,27 @@ class CropScorer:
             member.ensure_current()
         canvas = images_to_canvas(images, mean, std, self.device)
         rois = make_rois(boxes_per_image, size, padding, self.device)
-        out_dtype = torch.bfloat16 if self.bf16 and self.device.type == "cuda" else torch.float32
-        outputs = [
-            self._batch_member_probabilities(
-                crop_rois(canvas, rois[start : start + self.batch_size], size, sampling_ratio, out_dtype, self.channels_last)
-            )
-            for start in range(0, len(rois), self.batch_size)
-        ]
+        outputs = [self._batch_member_probabilities(crops) for crops in self._cut(canvas, rois, size, sampling_ratio)]
         return self._combine(outputs, size, per_member)
+
+    def _cut(self, canvas: Tensor, rois: Tensor, size: int, sampling_ratio: int) -> Iterator[Tensor]:
+        """The crops of ``rois`` ``(K, 5)``, ``batch_size`` at a time, in the members' dtype and layout.
+
+        Compiled scorers cut point-sampled crops with a compiled :func:`gather_crops` (one fused
+        loop writing the network's dtype and layout directly: on a CPU the eager ``roi_align``
+        and the copies after it cost about as much as a compiled forward pass); the rest with
+        :func:`crop_rois`.
+        """
+        out_dtype = torch.bfloat16 if self.bf16 and (self.device.type == "cuda" or self.compile) else torch.float32
+        if self.compile and self.channels_last and sampling_ratio == 1 and len(rois):
+            if self._warp is None:
+                self._warp = _compile_warp()
+            pixels, canvas_hw = canvas_pixels(canvas)
+            for start in range(0, len(rois), self.batch_size):
+                yield self._warp(pixels, canvas_hw, rois[start : start + self.batch_size], size, out_dtype)
+            return
+        for start in range(0, len(rois), self.batch_size):
+            yield crop_rois(canvas, rois[start : start + self.batch_size], size, sampling_ratio, out_dtype, self.channels_last)
 
     def _combine(self, outputs: list[Tensor], side: int, per_member: bool) -> Tensor:
         """Concatenate per-batch ``(M, B, C + 1)`` results; the member mean unless ``per_member``."""

@@ -17,10 +17,14 @@ import torch
 from classifiers.crops import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    canvas_pixels,
     context_boxes,
     context_padding,
+    crop_rois,
     flip_crops,
+    gather_crops,
     images_to_canvas,
+    make_rois,
     warp_crops,
 )
 
@@ -192,6 +196,40 @@ def test_images_of_different_sizes_in_one_call_match_opencv() -> None:
     ours = warp_crops([small, large], [boxes_small, boxes_large], 40, channels_last=False)
     reference = np.concatenate([reference_crops(small, boxes_small, 40), reference_crops(large, boxes_large, 40)])
     assert_close_to_reference(ours, reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# gather_crops: the compilable twin of roi_align
+
+
+def test_gather_crops_equals_roi_align_and_opencv() -> None:
+    # Boxes inside, across every border, wholly outside, tiny and huge, on a canvas of two sizes.
+    small, large = make_image(50, 70, seed=3), make_image(130, 110, seed=4)
+    boxes = [
+        np.array([[40, 20, 75, 55], [-10, -10, 80, 60], [60, 40, 70, 50], [-90, -90, -60, -70], [10, 10, 10.3, 10.2]], np.float32),
+        np.array([[90, 100, 115, 140], [5, 5, 105, 125], [-400, -300, 500, 600]], np.float32),
+    ]
+    canvas = images_to_canvas([small, large])
+    rois = make_rois(boxes, 40)
+    pixels, canvas_hw = canvas_pixels(canvas)
+    assert pixels.shape == (2 * canvas.shape[2] * canvas.shape[3], 3) and pixels.is_contiguous()
+    assert canvas_hw.tolist() == list(canvas.shape[2:])
+    ours = gather_crops(pixels, canvas_hw, rois, 40)
+    assert ours.shape == (8, 3, 40, 40) and ours.is_contiguous(memory_format=torch.channels_last)
+    # Equal up to float32 rounding of the sample coordinates (~1e-5 px at these sizes).
+    torch.testing.assert_close(ours, crop_rois(canvas, rois, 40), atol=1e-3, rtol=0)
+    reference = np.concatenate([reference_crops(small, boxes[0], 40), reference_crops(large, boxes[1], 40)])
+    assert_close_to_reference(ours, reference)
+
+
+def test_gather_crops_one_image_canvas_and_output_dtype(image: np.ndarray) -> None:
+    canvas = images_to_canvas([image])
+    pixels, canvas_hw = canvas_pixels(canvas)
+    assert pixels.is_contiguous()  # one image: the reshape alone would be a strided view
+    rois = make_rois([np.array([[3, 4, 90, 100], [100, 50, 170, 130]], np.float32)], 32)
+    crops = gather_crops(pixels, canvas_hw, rois, 32, out_dtype=torch.bfloat16)
+    assert crops.dtype == torch.bfloat16 and crops.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(crops.float(), crop_rois(canvas, rois, 32), atol=0.02, rtol=0.01)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from classifiers import scoring
-from classifiers.crops import warp_crops
+from classifiers.crops import gather_crops, warp_crops
 from classifiers.inception import GoogLeNet, GoogLeNetConfig
 from classifiers.scoring import CropScorer, score_crops
 from detection.devices import bf16_supported
@@ -201,6 +201,31 @@ def test_compiled_members_see_one_batch_shape_and_recompile_after_changes(
     assert len(compiled) == 3
 
 
+def test_compiled_scorers_cut_crops_with_gather_crops(monkeypatch: pytest.MonkeyPatch, models: list[GoogLeNet]) -> None:
+    warps: list[int] = []
+
+    def fake_compile_warp():
+        def warp(*args, **kwargs):
+            warps.append(len(args[2]))
+            return gather_crops(*args, **kwargs)
+
+        return warp
+
+    monkeypatch.setattr(scoring, "_compile_member", lambda model, mode: model)
+    monkeypatch.setattr(scoring, "_compile_warp", fake_compile_warp)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), rng.integers(0, 256, (45, 45, 3), dtype=np.uint8)]
+    boxes = [np.array([[0, 0, 40, 30], [10, 20, 70, 55], [-5, -5, 90, 70]], np.float32), np.array([[5, 5, 30, 40], [1, 2, 3, 4]], np.float32)]
+    compiled = CropScorer(models, device="cpu", batch_size=2, compile=True, bf16=False).score_boxes(images, boxes, size=SIZE, per_member=True)
+    assert warps == [2, 2, 1]  # batch by batch, the last one short (the members pad it)
+    eager = CropScorer(models, device="cpu", batch_size=2, bf16=False).score_boxes(images, boxes, size=SIZE, per_member=True)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-3)
+    # Averaged crops (sampling_ratio 0) have no gather twin: roi_align cuts them.
+    warps.clear()
+    CropScorer(models[:1], device="cpu", batch_size=2, compile=True, bf16=False).score_boxes(images, boxes, size=SIZE, sampling_ratio=0)
+    assert warps == []
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("RCNN_TEST_COMPILE") != "1", reason="set RCNN_TEST_COMPILE=1 (compiles for minutes)")
 @pytest.mark.parametrize("freeze", [True, False])
@@ -211,3 +236,10 @@ def test_real_compile_matches_eager(crops: torch.Tensor, freeze: bool) -> None:
     with torch.no_grad():
         members[1].conv1.conv.weight.mul_(2.0)  # frozen constants must not go stale
     torch.testing.assert_close(scorer(crops), expected_probabilities(members, crops), atol=1e-5, rtol=1e-4)
+    # The compiled warp: the same crops as roi_align, for canvases of every size.
+    rng = np.random.default_rng(2)
+    eager = CropScorer(members, device="cpu", batch_size=8, bf16=False)
+    for shape in ((60, 80), (45, 45), (70, 30)):
+        images = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8)]
+        boxes = [np.array([[0, 0, 40, 30], [10, 20, 70, 55], [-5, -5, 90, 70]], np.float32)]
+        torch.testing.assert_close(scorer.score_boxes(images, boxes, size=SIZE), eager.score_boxes(images, boxes, size=SIZE), atol=1e-4, rtol=1e-3)

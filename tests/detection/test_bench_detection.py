@@ -109,6 +109,42 @@ def test_train_detect_evaluate_commands_on_a_run(tiny_run, tmp_path, capsys):
         Ensemble.from_dir(members, ["cat", "dog"], device="cpu")
 
 
+@pytest.mark.slow
+def test_detect_with_compile_scores_through_the_compiled_warp(tiny_run, tmp_path, monkeypatch):
+    """``detection.compile``: members and warp go through torch.compile (stand-ins here: the
+    real compile is tested in tests/classifiers/test_scoring.py), with the same scores."""
+    import numpy as np
+
+    from classifiers import scoring
+    from classifiers.crops import gather_crops
+    from detection.datasets import load_dataset
+    from detection.pipeline import load_member_scores
+
+    warped: list[int] = []
+
+    def compile_warp():
+        def warp(*args, **kwargs):
+            warped.append(len(args[2]))
+            return gather_crops(*args, **kwargs)
+
+        return warp
+
+    monkeypatch.setattr(scoring, "_compile_member", lambda model, mode: model)
+    monkeypatch.setattr(scoring, "_compile_warp", compile_warp)
+    common = ["detect", "--data", "synthetic:4:1", "--proposals", str(tiny_run / "proposals" / "test"), "--checkpoints",
+              str(tiny_run / "members"), "--device", "cpu", *_sets(TINY)]
+    assert main([*common, "--out", str(tmp_path / "plain.json")]) == 0
+    assert warped == []
+    assert main([*common, "--out", str(tmp_path / "compiled.json"), "--set", "detection.compile=true"]) == 0
+    dataset = load_dataset("synthetic:4:1")
+    plain = load_member_scores(tmp_path / "plain.scores", dataset, [0, 1])
+    compiled = load_member_scores(tmp_path / "compiled.scores", dataset, [0, 1])
+    assert sum(warped) == sum(len(boxes) for boxes in plain.boxes) > 0
+    # On a CPU with AMX the compiled path cuts its crops in bfloat16: close, not equal.
+    for a, b in zip(plain.probabilities, compiled.probabilities):
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=0.03)
+
+
 # ----------------------------------------------------------------------------- box regression
 
 REGRESSION = ["box_regression.enabled=true", "box_regression.min_samples_per_class=2", "box_regression.max_samples_per_class=50"]
