@@ -8,20 +8,23 @@ as the paper averages its six networks. :meth:`CropScorer.score_with_features` a
 each member's pooled features from the same forward pass (what box regression reads, see
 :mod:`classifiers.box_regression`).
 
-What was measured (``benchmarks/bench_scoring.py``, full-width GoogLeNet, on a shared 2-core AVX2
-CPU whose timings are noisy):
+What was measured (``benchmarks/bench_scoring.py``, full-width GoogLeNet at 224 px, 2 threads):
 
-* Eager channels_last beats NCHW by ~1.6x. On the CPU small batches are best (16 crops: ~34
-  crops/s, ~107 GFLOP/s; 128 crops: ~23 crops/s), as a small batch's activations stay in cache.
-* ``torch.compile`` (inductor, static shapes) gained up to ~1.15x over eager channels_last in
-  quiet spells (~40 crops/s at batch 16); under load the two were within the noise. Inductor's
-  freezing (weights folded in as constants) was no faster than without it, so ``freeze`` is off
-  by default. A cold compile takes 40-90 s per member and batch shape on such a machine, so
-  ``compile=False`` is the default. A dynamic batch dimension compiled for minutes and ran no
+* On a 2-core CPU with AMX-BF16 (bfloat16 ``torch.mm`` ~2.1 TFLOP/s, float32 ~0.35): eager
+  bfloat16 autocast scores ~140 crops/s, the compiled path (members with weights frozen in,
+  crops cut by a compiled :func:`classifiers.crops.gather_crops`) ~230-270 crops/s, against ~50
+  for a naive per-crop OpenCV warp + float32 NCHW loop. The compiled forward pass alone runs at
+  ~320-360 crops/s (50-57% of the matrix peak; oneDNN's convolutions reach ~80% of it, pooling
+  and concatenation take the rest); the eager ``roi_align`` and the copies to channels_last and
+  bfloat16 after it cost about as much again, which is why compiled scorers cut crops with the
+  compiled gather instead. A cold compile takes ~15 s per member and batch shape there.
+* On a 2-core AVX2 CPU without native bfloat16, eager channels_last beats NCHW by ~1.6x, small
+  batches are best (16 crops: ~34 crops/s; 128: ~23), ``torch.compile`` gained up to ~1.15x, a
+  cold compile took 40-90 s per member and batch shape, and bfloat16 autocast was several times
+  slower than float32 (:func:`detection.devices.bf16_supported` keeps it off there).
+* ``compile=False`` is the default. A dynamic batch dimension compiled for minutes and ran no
   faster than eager, which is why compiled members get a fixed batch shape: the last, partial
   batch is padded with zeros and the padding's scores dropped.
-* bfloat16 autocast on a CPU without native bfloat16 is several times slower than float32;
-  :func:`detection.devices.bf16_supported` keeps it off there.
 * Running the members as one computation (``torch.func.stack_module_state`` + ``vmap``) turns
   every convolution into a grouped one, which ran ~7x slower per member on the CPU; it is not
   used: members run one after the other on each batch.

@@ -39,6 +39,7 @@ class ClassificationRow:
     top1: float
     top5: float
     delta_top5: float
+    delta_top1: float
 
 
 @dataclass
@@ -53,12 +54,16 @@ class ClassificationReport:
         lines = [
             f"Classification on {self.dataset}: {self.items} items, {self.classes} classes, members {self.member_ids}",
             "",
-            "| models | crops | cost | top-1 error | top-5 error | top-5 vs base |",
-            "|---|---|---|---|---|---|",
+            "| models | crops | cost | top-1 error | top-1 vs base | top-5 error | top-5 vs base |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in self.rows:
-            delta = "base" if row is self.rows[0] else f"{row.delta_top5 * 100:+.2f}%"
-            lines.append(f"| {row.models} | {row.crops} | {row.cost} | {row.top1 * 100:.2f}% | {row.top5 * 100:.2f}% | {delta} |")
+            base = row is self.rows[0]
+            delta1 = "base" if base else f"{row.delta_top1 * 100:+.2f}%"
+            delta5 = "base" if base else f"{row.delta_top5 * 100:+.2f}%"
+            lines.append(f"| {row.models} | {row.crops} | {row.cost} | {row.top1 * 100:.2f}% | {delta1} | {row.top5 * 100:.2f}% | {delta5} |")
+        if self.classes <= 5:
+            lines += ["", f"With {self.classes} classes the top-5 error is 0 by construction: read the top-1 columns."]
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -134,7 +139,7 @@ def run_classification_track(
     tally.log_summary()
     targets = np.array([label for _, _, label in items])[usable]
     report = ClassificationReport(dataset.spec, int(usable.sum()), dataset.num_classes, ensemble.member_ids)
-    base_top5 = None
+    base_top1 = base_top5 = None
     for models in sorted({1, len(ensemble.models)}):
         for scheme in schemes:
             probs = probabilities[scheme][:, usable]
@@ -144,6 +149,7 @@ def run_classification_track(
             else:
                 averaged = probs.mean(axis=0)
                 top1, top5 = topk_error(averaged, targets, 1), topk_error(averaged, targets, 5)
+            base_top1 = top1 if base_top1 is None else base_top1
             base_top5 = top5 if base_top5 is None else base_top5
-            report.rows.append(ClassificationRow(models, scheme, models * scheme, top1, top5, top5 - base_top5))
+            report.rows.append(ClassificationRow(models, scheme, models * scheme, top1, top5, top5 - base_top5, top1 - base_top1))
     return report

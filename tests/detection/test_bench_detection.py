@@ -76,12 +76,14 @@ def test_classification_track_on_object_crops(tiny_run, tmp_path, capsys):
             "--crops", "1", "10", "144", "--max-items", "6", "--device", "cpu", "--out", str(tmp_path)]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "| models | crops | cost | top-1 error | top-5 error | top-5 vs base |" in table
+    assert "| models | crops | cost | top-1 error | top-1 vs base | top-5 error | top-5 vs base |" in table
     report = json.loads((tmp_path / "classification.json").read_text())
     cells = {(row["models"], row["crops"]) for row in report["rows"]}
     assert cells == {(1, 1), (1, 10), (1, 144), (2, 1), (2, 10), (2, 144)}
     assert all(0.0 <= row["top1"] <= 1.0 and row["top5"] <= row["top1"] for row in report["rows"])
     assert report["items"] == 6
+    base = report["rows"][0]
+    assert all(abs(row["delta_top1"] - (row["top1"] - base["top1"])) < 1e-12 for row in report["rows"])
 
 
 @pytest.mark.slow
