@@ -1,4 +1,5 @@
-"""Shared fixtures: the real datasets beside the checkout, and a small VOC folder builder."""
+"""Shared fixtures: the real datasets beside the checkout, a small VOC folder builder, and an
+eager stand-in for the compiled scoring path."""
 
 from __future__ import annotations
 
@@ -58,3 +59,24 @@ def make_voc(tmp_path: Path):
         return root
 
     return build
+
+
+@pytest.fixture
+def eager_compile(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``torch.compile`` of the scoring path replaced by eager stand-ins (the real compile takes
+    minutes on a small CPU); returns the crop count of every call of the "compiled" warp."""
+    from classifiers import scoring
+    from classifiers.crops import gather_crops
+
+    calls: list[int] = []
+
+    def compile_warp():
+        def warp(pixels, canvas_hw, rois, *args, **kwargs):
+            calls.append(len(rois))
+            return gather_crops(pixels, canvas_hw, rois, *args, **kwargs)
+
+        return warp
+
+    monkeypatch.setattr(scoring, "_compile_member", lambda model, mode: model)
+    monkeypatch.setattr(scoring, "_compile_warp", compile_warp)
+    return calls

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from classifiers import scoring
-from classifiers.crops import gather_crops, warp_crops
+from classifiers.crops import warp_crops
 from classifiers.inception import GoogLeNet, GoogLeNetConfig
 from classifiers.scoring import CropScorer, score_crops
 from detection.devices import bf16_supported
@@ -201,18 +201,8 @@ def test_compiled_members_see_one_batch_shape_and_recompile_after_changes(
     assert len(compiled) == 3
 
 
-def test_compiled_scorers_cut_crops_with_gather_crops(monkeypatch: pytest.MonkeyPatch, models: list[GoogLeNet]) -> None:
-    warps: list[int] = []
-
-    def fake_compile_warp():
-        def warp(*args, **kwargs):
-            warps.append(len(args[2]))
-            return gather_crops(*args, **kwargs)
-
-        return warp
-
-    monkeypatch.setattr(scoring, "_compile_member", lambda model, mode: model)
-    monkeypatch.setattr(scoring, "_compile_warp", fake_compile_warp)
+def test_compiled_scorers_cut_crops_with_gather_crops(eager_compile: list[int], models: list[GoogLeNet]) -> None:
+    warps = eager_compile
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), rng.integers(0, 256, (45, 45, 3), dtype=np.uint8)]
     boxes = [np.array([[0, 0, 40, 30], [10, 20, 70, 55], [-5, -5, 90, 70]], np.float32), np.array([[5, 5, 30, 40], [1, 2, 3, 4]], np.float32)]

@@ -112,27 +112,15 @@ def test_train_detect_evaluate_commands_on_a_run(tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_detect_with_compile_scores_through_the_compiled_warp(tiny_run, tmp_path, monkeypatch):
-    """``detection.compile``: members and warp go through torch.compile (stand-ins here: the
-    real compile is tested in tests/classifiers/test_scoring.py), with the same scores."""
+def test_detect_with_compile_scores_through_the_compiled_warp(tiny_run, tmp_path, eager_compile):
+    """``detection.compile``: members and warp go through torch.compile (eager stand-ins here:
+    the real compile is tested in tests/classifiers/test_scoring.py), with the same scores."""
     import numpy as np
 
-    from classifiers import scoring
-    from classifiers.crops import gather_crops
     from detection.datasets import load_dataset
     from detection.pipeline import load_member_scores
 
-    warped: list[int] = []
-
-    def compile_warp():
-        def warp(*args, **kwargs):
-            warped.append(len(args[2]))
-            return gather_crops(*args, **kwargs)
-
-        return warp
-
-    monkeypatch.setattr(scoring, "_compile_member", lambda model, mode: model)
-    monkeypatch.setattr(scoring, "_compile_warp", compile_warp)
+    warped = eager_compile
     common = ["detect", "--data", "synthetic:4:1", "--proposals", str(tiny_run / "proposals" / "test"), "--checkpoints",
               str(tiny_run / "members"), "--device", "cpu", *_sets(TINY)]
     assert main([*common, "--out", str(tmp_path / "plain.json")]) == 0
