@@ -11,13 +11,14 @@ each member's pooled features from the same forward pass (what box regression re
 What was measured (``benchmarks/bench_scoring.py``, full-width GoogLeNet at 224 px, 2 threads):
 
 * On a 2-core CPU with AMX-BF16 (bfloat16 ``torch.mm`` ~2.1 TFLOP/s, float32 ~0.35): eager
-  bfloat16 autocast scores ~140 crops/s, the compiled path (members with weights frozen in,
-  crops cut by a compiled :func:`classifiers.crops.gather_crops`) ~230-270 crops/s, against ~50
-  for a naive per-crop OpenCV warp + float32 NCHW loop. The compiled forward pass alone runs at
+  bfloat16 autocast scores ~125-150 crops/s, the compiled path (members with weights frozen in,
+  crops cut by a compiled :func:`classifiers.crops.gather_crops`) ~210-240 crops/s, against ~50
+  for a naive per-crop OpenCV warp + float32 NCHW loop (whole path: warp, forward, softmax). The compiled forward pass alone runs at
   ~320-360 crops/s (50-57% of the matrix peak; oneDNN's convolutions reach ~80% of it, pooling
   and concatenation take the rest); the eager ``roi_align`` and the copies to channels_last and
   bfloat16 after it cost about as much again, which is why compiled scorers cut crops with the
-  compiled gather instead. A cold compile takes ~15 s per member and batch shape there.
+  compiled gather instead. A cold compile takes 15-50 s per member and batch shape there, and
+  freezing made no difference that the noise of a shared machine would show.
 * On a 2-core AVX2 CPU without native bfloat16, eager channels_last beats NCHW by ~1.6x, small
   batches are best (16 crops: ~34 crops/s; 128: ~23), ``torch.compile`` gained up to ~1.15x, a
   cold compile took 40-90 s per member and batch shape, and bfloat16 autocast was several times
