@@ -18,7 +18,8 @@ What was measured (``benchmarks/bench_scoring.py``, full-width GoogLeNet at 224 
   and concatenation take the rest); the eager ``roi_align`` and the copies to channels_last and
   bfloat16 after it cost about as much again, which is why compiled scorers cut crops with the
   compiled gather instead. A cold compile takes 15-50 s per member and batch shape there, and
-  freezing made no difference that the noise of a shared machine would show.
+  freezing gave +18% in one forward-only measurement and nothing the noise would show in the
+  whole-path benchmark; :class:`classifiers.ensemble.Ensemble` compiles with it.
 * On a 2-core AVX2 CPU without native bfloat16, eager channels_last beats NCHW by ~1.6x, small
   batches are best (16 crops: ~34 crops/s; 128: ~23), ``torch.compile`` gained up to ~1.15x, a
   cold compile took 40-90 s per member and batch shape, and bfloat16 autocast was several times
