@@ -59,8 +59,9 @@ class DetectConfig:
     images_per_batch: int = 2
     memory_budget_mb: float = 1024
     chunk_images: int = 16
-    # torch.compile the members (weights frozen in) and the crop warp: ~1.2x faster scoring on
-    # a CPU with AMX at 224 px, after 15-60 s of compiling per member (benchmarks/bench_scoring.py).
+    # torch.compile the members (weights frozen in) and the crop warp: ~1.6x faster than eager
+    # bfloat16 for the full-width network at 224 px on a CPU with AMX (benchmarks/bench_scoring.py),
+    # after 15-90 s of compiling per member; no faster for narrow members on small crops.
     compile: bool = False
 
 
