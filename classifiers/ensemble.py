@@ -1,7 +1,7 @@
 """Scoring warped crops with an ensemble of region classifiers.
 
-The crops of a batch of images are cut once (:func:`classifiers.crops.warp_crops`) and scored by
-every member; each member's softmax probabilities are kept (studies need them per member) and
+The crops of a batch of images are cut once (by :class:`classifiers.scoring.CropScorer`, a
+batch at a time) and scored by every member; each member's softmax probabilities are kept (studies need them per member) and
 the ensemble's output is their mean, as in the paper. Members run in eval mode, channels_last,
 under :func:`torch.inference_mode`, in bfloat16 autocast where the hardware does it natively.
 With box regression (:mod:`classifiers.box_regression`; not in the paper) each member also
@@ -171,8 +171,12 @@ class Ensemble:
         if self.regressors is None:
             raise ValueError("this ensemble has no box regressors (load it with box_regression=True)")
         probabilities, features = self.scorer.score_with_features(crops)
-        deltas = torch.stack([regressor.predict(f) for regressor, f in zip(self.regressors, features)])
-        return probabilities.cpu(), deltas.cpu()
+        return probabilities.cpu(), self._deltas(features)
+
+    def _deltas(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Each member's regressor on its pooled features ``(N, D_m)`` -> ``(M, N, C, 4)`` float32, CPU."""
+        assert self.regressors is not None
+        return torch.stack([regressor.predict(f) for regressor, f in zip(self.regressors, features)]).cpu()
 
     def score(self, images: Sequence[np.ndarray], boxes_per_image: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Per image, per-member probabilities ``(M, B_i, C + 1)`` of its boxes.
@@ -204,15 +208,14 @@ class Ensemble:
             stop = min(total, start + self.crops_per_batch)
             used = np.unique(owner[start:stop])
             try:
-                chunk_images = [images[i] for i in used]
-                chunk_boxes = [flat_boxes[start:stop][owner[start:stop] == i] for i in used]
+                # Cut and scored a batch at a time by the scorer (its fastest path, compiled or not).
+                chunk = ([images[i] for i in used], [flat_boxes[start:stop][owner[start:stop] == i] for i in used])
+                geometry = {"size": self.config.crop_size, "padding": self.config.padding()}
                 if deltas is not None:
-                    outputs[:, start:stop], deltas[:, start:stop] = self.score_crops_with_deltas(self.warp(chunk_images, chunk_boxes))
+                    probabilities, features = self.scorer.score_boxes_with_features(*chunk, **geometry)
+                    outputs[:, start:stop], deltas[:, start:stop] = probabilities.cpu(), self._deltas(features)
                 else:
-                    # Cut and scored batch by batch (the scorer's fastest path, compiled or not).
-                    outputs[:, start:stop] = self.scorer.score_boxes(
-                        chunk_images, chunk_boxes, size=self.config.crop_size, padding=self.config.padding(), per_member=True
-                    ).cpu()
+                    outputs[:, start:stop] = self.scorer.score_boxes(*chunk, **geometry, per_member=True).cpu()
             except (RuntimeError, torch.OutOfMemoryError) as error:
                 if not _is_out_of_memory(error) or self.crops_per_batch <= 1:
                     raise

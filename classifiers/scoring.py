@@ -42,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -211,10 +211,6 @@ class CropScorer:
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    def _batch_member_probabilities(self, batch: Tensor) -> Tensor:
-        """``(B, 3, S, S)`` on the device -> ``(M, B, C + 1)`` float32 softmax of each member."""
-        return self._batch_member_outputs(batch, with_features=False)[0]
-
     def _batch_member_outputs(self, batch: Tensor, with_features: bool) -> tuple[Tensor, list[Tensor]]:
         """``(B, 3, S, S)`` on the device -> each member's softmax ``(M, B, C + 1)`` float32 and,
         with ``with_features``, each member's pooled features ``(B, D_m)`` float32 (else ``[]``).
@@ -253,14 +249,8 @@ class CropScorer:
         ``per_member=True`` keeps the members apart: ``(M, K, C + 1)``. The crops may live
         anywhere; each batch moves to the device. The result is on the device.
         """
-        for member in self.members:
-            member.ensure_current()
-        side = crops.shape[-1] if crops.dim() == 4 else RCNN_SIZE
-        outputs = [
-            self._batch_member_probabilities(crops[start : start + self.batch_size].to(self.device, non_blocking=True))
-            for start in range(0, len(crops), self.batch_size)
-        ]
-        return self._combine(outputs, side, per_member)
+        probabilities, _ = self._run(self._slices(crops), _side(crops), with_features=False)
+        return probabilities if per_member else probabilities.mean(dim=0)
 
     @torch.inference_mode()
     def score_with_features(self, crops: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -271,19 +261,7 @@ class CropScorer:
             list of M feature tensors ``(K, D_m)`` float32 (the input of each member's final
             linear layer, see ``GoogLeNet.forward_with_features``), all on the device.
         """
-        for member in self.members:
-            member.ensure_current()
-        side = crops.shape[-1] if crops.dim() == 4 else RCNN_SIZE
-        batches = [
-            self._batch_member_outputs(crops[start : start + self.batch_size].to(self.device, non_blocking=True), with_features=True)
-            for start in range(0, len(crops), self.batch_size)
-        ]
-        probabilities = self._combine([p for p, _ in batches], side, per_member=True)
-        if batches:
-            features = [torch.cat([f[m] for _, f in batches]) for m in range(len(self.members))]
-        else:
-            features = [torch.zeros((0, self._num_features(member.model)), device=self.device) for member in self.members]
-        return probabilities, features
+        return self._run(self._slices(crops), _side(crops), with_features=True)
 
     @staticmethod
     def _num_features(model: nn.Module) -> int:
@@ -307,21 +285,75 @@ class CropScorer:
         """Warp and score every box of every image, a batch of crops at a time.
 
         The images go to the device once (:func:`classifiers.crops.images_to_canvas`); each batch
-        of crops is cut with one ``roi_align`` call and scored, so the crops of all boxes never
-        exist at once. Geometry and arguments as in :func:`classifiers.crops.warp_crops`.
+        of crops is cut in one call (see :meth:`_cut`) and scored, so the crops of all boxes
+        never exist at once. Geometry and arguments as in :func:`classifiers.crops.warp_crops`.
 
         Returns:
             ``(K, C + 1)`` float32 on the device, ``K = sum_i B_i``, image-major, box order kept;
             ``(M, K, C + 1)`` with ``per_member=True``.
         """
+        batches = self._box_batches(images, boxes_per_image, size, padding, mean, std, sampling_ratio)
+        probabilities, _ = self._run(batches, size, with_features=False)
+        return probabilities if per_member else probabilities.mean(dim=0)
+
+    @torch.inference_mode()
+    def score_boxes_with_features(
+        self,
+        images: Sequence[ImageLike],
+        boxes_per_image: Sequence[BoxesLike],
+        size: int = RCNN_SIZE,
+        padding: int | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        sampling_ratio: int = 1,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """:meth:`score_boxes` with the members' pooled features, as :meth:`score_with_features` gives them.
+
+        Returns:
+            probabilities ``(M, K, C + 1)`` and M feature tensors ``(K, D_m)``, float32 on the device.
+        """
+        batches = self._box_batches(images, boxes_per_image, size, padding, mean, std, sampling_ratio)
+        return self._run(batches, size, with_features=True)
+
+    def _slices(self, crops: Tensor) -> Iterator[Tensor]:
+        """Ready crops ``(K, 3, S, S)``, ``batch_size`` at a time, on the device."""
+        for start in range(0, len(crops), self.batch_size):
+            yield crops[start : start + self.batch_size].to(self.device, non_blocking=True)
+
+    def _box_batches(
+        self,
+        images: Sequence[ImageLike],
+        boxes_per_image: Sequence[BoxesLike],
+        size: int,
+        padding: int | None,
+        mean: Sequence[float],
+        std: Sequence[float],
+        sampling_ratio: int,
+    ) -> Iterator[Tensor]:
+        """The crops of every box of every image, a batch at a time (images on the device once)."""
         if len(images) != len(boxes_per_image):
             raise ValueError(f"{len(images)} images but {len(boxes_per_image)} box lists")
-        for member in self.members:
-            member.ensure_current()
         canvas = images_to_canvas(images, mean, std, self.device)
         rois = make_rois(boxes_per_image, size, padding, self.device)
-        outputs = [self._batch_member_probabilities(crops) for crops in self._cut(canvas, rois, size, sampling_ratio)]
-        return self._combine(outputs, size, per_member)
+        return self._cut(canvas, rois, size, sampling_ratio)
+
+    def _run(self, batches: Iterable[Tensor], side: int, with_features: bool) -> tuple[Tensor, list[Tensor]]:
+        """Score batches of crops: per-member probabilities ``(M, K, C + 1)`` and, with
+        ``with_features``, M pooled-feature tensors ``(K, D_m)`` (else ``[]``)."""
+        for member in self.members:
+            member.ensure_current()
+        outputs = [self._batch_member_outputs(batch, with_features) for batch in batches]
+        if outputs:
+            probabilities = torch.cat([p for p, _ in outputs], dim=1)
+        else:
+            probabilities = torch.zeros((len(self.members), 0, self._num_outputs(side)), dtype=torch.float32, device=self.device)
+        if not with_features:
+            return probabilities, []
+        if outputs:
+            features = [torch.cat([f[m] for _, f in outputs]) for m in range(len(self.members))]
+        else:
+            features = [torch.zeros((0, self._num_features(member.model)), device=self.device) for member in self.members]
+        return probabilities, features
 
     def _cut(self, canvas: Tensor, rois: Tensor, size: int, sampling_ratio: int) -> Iterator[Tensor]:
         """The crops of ``rois`` ``(K, 5)``, ``batch_size`` at a time, in the members' dtype and layout.
@@ -342,14 +374,6 @@ class CropScorer:
         for start in range(0, len(rois), self.batch_size):
             yield crop_rois(canvas, rois[start : start + self.batch_size], size, sampling_ratio, out_dtype, self.channels_last)
 
-    def _combine(self, outputs: list[Tensor], side: int, per_member: bool) -> Tensor:
-        """Concatenate per-batch ``(M, B, C + 1)`` results; the member mean unless ``per_member``."""
-        if outputs:
-            probabilities = torch.cat(outputs, dim=1)
-        else:
-            probabilities = torch.zeros((len(self.members), 0, self._num_outputs(side)), dtype=torch.float32, device=self.device)
-        return probabilities if per_member else probabilities.mean(dim=0)
-
     def _num_outputs(self, side: int) -> int:
         """Outputs of the ensemble, for an empty result: the model's config, else one eager probe."""
         config = getattr(self.members[0].model, "config", None)
@@ -357,6 +381,11 @@ class CropScorer:
             return int(config.num_classes)
         probe = torch.zeros((1, 3, side, side), device=self.device).contiguous(memory_format=self.memory_format)
         return int(self.members[0].model(probe).shape[1])
+
+
+def _side(crops: Tensor) -> int:
+    """Crop side of a ``(K, 3, S, S)`` batch, for the shape of an empty result."""
+    return crops.shape[-1] if crops.dim() == 4 else RCNN_SIZE
 
 
 def score_crops(
