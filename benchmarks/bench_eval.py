@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from detection.records import Dataset, Detections, ImageRecord
+from detection.data.records import Dataset, Detections, ImageRecord
 from eval.detection import PROTOCOLS, evaluate
 
 

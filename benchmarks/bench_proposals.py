@@ -29,8 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detection.datasets import load_dataset
-from detection.records import Dataset
+from detection.data.datasets import load_dataset
+from detection.data.records import Dataset
 from proposals.propose import ProposalConfig, run_proposals
 from proposals.selective_search import SelectiveSearchConfig, _resize_for_segmentation, configure_opencv_threads, opencv_selective_search
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from classifiers.crops import IMAGENET_MEAN, IMAGENET_STD, context_boxes, warp_crops
 from classifiers.inception import GoogLeNet, GoogLeNetConfig, count_params_and_macs
 from classifiers.scoring import CropScorer
-from detection.devices import bf16_supported, resolve_device
+from detection.core.devices import bf16_supported, resolve_device
 
 NAIVE_BATCH = 32
 

@@ -8,7 +8,7 @@ ground-truth box ``G`` has the targets
 
     ``tx = (Gx - Px) / Pw``, ``ty = (Gy - Py) / Ph``, ``tw = log(Gw / Pw)``, ``th = log(Gh / Ph)``
 
-with centres and widths in the project's continuous convention (:mod:`detection.boxes`:
+with centres and widths in the project's continuous convention (:mod:`detection.core.boxes`:
 ``w = x2 - x1``, centre ``x1 + w / 2``; no R-CNN "+1"). Every training proposal (and every
 ground-truth box itself) whose best IoU with a ground-truth box is at least ``fg_iou`` (R-CNN:
 0.6) is a sample of that box's class, with that box as target. Each class gets its own linear map
@@ -38,7 +38,7 @@ NMS (R-CNN's order). ``dw`` and ``dh`` are clipped at ``log(1000 / 16)`` first, 
 does, so that no prediction can blow a box up by more than ~62x.
 
 Files. Member ``m``'s regressor is ``box_regressor{m}.pt`` beside ``member{m}.pt`` (a checkpoint
-of :mod:`detection.checkpoints`, kind ``box_regressor``, written atomically). It records the
+of :mod:`detection.core.checkpoints`, kind ``box_regressor``, written atomically). It records the
 class list, the member's index and the digest of the member file it was fitted on, the data's
 fingerprint and the section's settings; a finished file with the same identity is reused, one
 made for another member, class list or configuration is refused with the first difference.
@@ -59,12 +59,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detection import distributed
-from detection.atomic import file_digest
-from detection.boxes import box_iou_numpy
-from detection.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
-from detection.problems import DataError, WarningTally
-from detection.records import Dataset, ImageRecord
+from detection.core import distributed
+from detection.core.atomic import file_digest
+from detection.core.boxes import box_iou_numpy
+from detection.core.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
+from detection.core.problems import DataError, WarningTally
+from detection.data.records import Dataset, ImageRecord
 
 if TYPE_CHECKING:  # classifiers.ensemble imports this module
     from classifiers.ensemble import Ensemble
@@ -456,10 +456,10 @@ def load_box_regressor(path: str | Path, classes: list[str], member: int | None 
     Args:
         classes: the class list it must have been fitted for.
         member: the ensemble member it must belong to (None: any).
-        member_digest: :func:`detection.atomic.file_digest` of that member's checkpoint; a
+        member_digest: :func:`detection.core.atomic.file_digest` of that member's checkpoint; a
             regressor fitted on another version of the member is refused (None: not checked).
     Raises:
-        detection.checkpoints.CheckpointError: another kind of file, class list, member or member
+        detection.core.checkpoints.CheckpointError: another kind of file, class list, member or member
             version, or tensors of the wrong shape; the message names the file.
     """
     payload = load_checkpoint(path, REGRESSOR_KIND, classes=classes)

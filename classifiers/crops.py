@@ -6,7 +6,7 @@ fills the central ``(S - 2p) x (S - 2p)`` square; ``p = 16`` at ``S = 224``. The
 anisotropic (the aspect ratio is not kept), and whatever part of the expanded box lies outside the
 image takes the dataset mean colour, i.e. zero once the crop is normalised.
 
-Geometry (boxes are 0-based continuous pixels, see :mod:`detection.boxes`; pixel ``k`` covers
+Geometry (boxes are 0-based continuous pixels, see :mod:`detection.core.boxes`; pixel ``k`` covers
 ``[k, k + 1)`` and its value sits at its centre ``k + 0.5``). A box ``[x1, x2)`` becomes ``S``
 output columns; column ``j`` is the bilinear interpolation of the image at
 

@@ -29,9 +29,9 @@ from classifiers.box_regression import BoxRegressor, load_box_regressor, regress
 from classifiers.inception import GoogLeNet
 from classifiers.region_classifier import RegionClassifierConfig, load_member
 from classifiers.scoring import CropScorer
-from detection.atomic import file_digest
-from detection.checkpoints import CheckpointError, first_difference
-from detection.devices import resolve_device
+from detection.core.atomic import file_digest
+from detection.core.checkpoints import CheckpointError, first_difference
+from detection.core.devices import resolve_device
 
 __all__ = ["Ensemble", "parse_members", "member_paths", "crops_per_batch_for_budget"]
 

@@ -86,11 +86,11 @@ def load_member(path: str | Path, classes: list[str], device: torch.device | str
     """Rebuild a trained member from its checkpoint, in eval mode on ``device``.
 
     Raises:
-        detection.checkpoints.CheckpointError: another kind of checkpoint, another class list,
+        detection.core.checkpoints.CheckpointError: another kind of checkpoint, another class list,
             or weights that do not fit the stored architecture; the message names the file.
     """
-    from detection.checkpoints import CheckpointError, load_checkpoint
-    from detection.config_io import from_dict
+    from detection.core.checkpoints import CheckpointError, load_checkpoint
+    from detection.core.config_io import from_dict
 
     payload = load_checkpoint(path, MEMBER_KIND, classes=classes, map_location="cpu")
     try:

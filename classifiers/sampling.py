@@ -47,8 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detection.boxes import box_iou_numpy
-from detection.records import Dataset, ImageRecord
+from detection.core.boxes import box_iou_numpy
+from detection.data.records import Dataset, ImageRecord
 from proposals.store import ImageProposals
 
 __all__ = [

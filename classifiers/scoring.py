@@ -3,7 +3,7 @@
 :class:`CropScorer` holds the ensemble ready for inference: each member is a private copy in eval
 mode, on the device, in channels_last, optionally compiled with ``torch.compile``, and it runs
 under ``torch.inference_mode`` with bfloat16 autocast where the hardware does bfloat16 natively
-(:func:`detection.devices.bf16_supported`). Softmax is taken in float32 and averaged over members,
+(:func:`detection.core.devices.bf16_supported`). Softmax is taken in float32 and averaged over members,
 as the paper averages its six networks. :meth:`CropScorer.score_with_features` also returns
 each member's pooled features from the same forward pass (what box regression reads, see
 :mod:`classifiers.box_regression`).
@@ -23,7 +23,7 @@ What was measured (``benchmarks/bench_scoring.py``, full-width GoogLeNet at 224 
 * On a 2-core AVX2 CPU without native bfloat16, eager channels_last beats NCHW by ~1.6x, small
   batches are best (16 crops: ~34 crops/s; 128: ~23), ``torch.compile`` gained up to ~1.15x, a
   cold compile took 40-90 s per member and batch shape, and bfloat16 autocast was several times
-  slower than float32 (:func:`detection.devices.bf16_supported` keeps it off there).
+  slower than float32 (:func:`detection.core.devices.bf16_supported` keeps it off there).
 * ``compile=False`` is the default. A dynamic batch dimension compiled for minutes and ran no
   faster than eager, which is why compiled members get a fixed batch shape: the last, partial
   batch is padded with zeros and the padding's scores dropped.
@@ -60,7 +60,7 @@ from classifiers.crops import (
     images_to_canvas,
     make_rois,
 )
-from detection.devices import bf16_supported, resolve_device
+from detection.core.devices import bf16_supported, resolve_device
 
 __all__ = ["CropScorer", "score_crops"]
 
@@ -170,7 +170,7 @@ class CropScorer:
             pays).
         compile_mode: ``mode`` for ``torch.compile`` (None: its default).
         freeze: with ``compile``, let inductor fold the weights in as constants (freezing).
-        bf16: bfloat16 autocast; None: where :func:`detection.devices.bf16_supported` says it is
+        bf16: bfloat16 autocast; None: where :func:`detection.core.devices.bf16_supported` says it is
             native. True forces it even where it is emulated (slow).
         channels_last: run convolutions in the channels_last memory format.
     """
@@ -227,7 +227,7 @@ class CropScorer:
             batch = batch.float()
         batch = batch.contiguous(memory_format=self.memory_format)
         probabilities, features = [], []
-        # torch.autocast, not detection.devices.autocast: an explicit bf16=True must hold even
+        # torch.autocast, not detection.core.devices.autocast: an explicit bf16=True must hold even
         # where bfloat16 is emulated (the benchmark measures it there).
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16), _freezing(self.freeze):
             for member in self.members:

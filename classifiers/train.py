@@ -31,7 +31,7 @@ config, member, dataset or class list is refused (``CheckpointError``); ``member
 member learns.
 
 Distributed training. Under ``torchrun --nproc_per_node N -m detection.cli train ...`` (the CLI
-joins the process group, :mod:`detection.distributed`) the live model is wrapped in
+joins the process group, :mod:`detection.core.distributed`) the live model is wrapped in
 :class:`~torch.nn.parallel.DistributedDataParallel` and passed to :func:`train_step`. Every rank
 draws the same epoch from the sampler (it depends only on seed, member and epoch) and trains on
 its share ``batches[rank::world_size]``; when the count does not divide evenly, the last round
@@ -72,12 +72,12 @@ from classifiers.crops import warp_crops
 from classifiers.inception import GoogLeNet, GoogLeNetOutputs, googlenet_loss
 from classifiers.region_classifier import MEMBER_KIND, RegionClassifierConfig, build_region_classifier
 from classifiers.sampling import ImageWindows, WindowBatch, WindowSampler, build_training_windows
-from detection import distributed
-from detection.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
-from detection.config_io import to_dict
-from detection.devices import autocast, prepare_model, resolve_device
-from detection.problems import DataError, WarningTally
-from detection.records import Dataset
+from detection.core import distributed
+from detection.core.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
+from detection.core.config_io import to_dict
+from detection.core.devices import autocast, prepare_model, resolve_device
+from detection.core.problems import DataError, WarningTally
+from detection.data.records import Dataset
 from proposals.store import ImageProposals
 
 __all__ = [

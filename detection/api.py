@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from detection.images import read_image
+from detection.data.images import read_image
 
 __all__ = ["Detector", "DetectionResult"]
 
@@ -50,9 +50,9 @@ class Detector:
 
         from classifiers.ensemble import Ensemble, member_paths
         from classifiers.region_classifier import MEMBER_KIND
-        from detection.checkpoints import load_checkpoint
+        from detection.core.checkpoints import load_checkpoint
         from detection.config import Config
-        from detection.config_io import from_dict
+        from detection.core.config_io import from_dict
 
         run_dir = Path(run_dir)
         config_path = run_dir / "config.yaml"

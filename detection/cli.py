@@ -5,7 +5,7 @@ in ``COMMANDS``. Libraries log through :mod:`logging`; this module configures it
 prints results to stdout, so ``rcnn evaluate ... | tail -1`` gives the ``mAP:`` line.
 
 ``train`` and ``detect`` also run under ``torchrun --nproc_per_node N -m detection.cli ...``:
-each process joins the process group (:mod:`detection.distributed`) for the command and takes
+each process joins the process group (:mod:`detection.core.distributed`) for the command and takes
 its share of the cores; rank 0 alone prints, writes the results and logs below warnings, and
 every log line says which rank wrote it.
 """
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from detection.problems import DataError
+from detection.core.problems import DataError
 
 logger = logging.getLogger("rcnn")
 
@@ -38,9 +38,9 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from detection.atomic import write_json
-    from detection.datasets import load_dataset
-    from detection.detection_files import read_detections
+    from detection.core.atomic import write_json
+    from detection.data.datasets import load_dataset
+    from detection.data.detection_files import read_detections
     from eval.detection import evaluate
 
     if not 0.0 < args.iou <= 1.0:
@@ -68,8 +68,8 @@ def _run_data(args: argparse.Namespace) -> int:
     """Summarise a dataset (images, boxes per class, box sizes) and optionally export it."""
     import numpy as np
 
-    from detection.atomic import write_json
-    from detection.datasets import load_dataset, to_coco_json, write_voc
+    from detection.core.atomic import write_json
+    from detection.data.datasets import load_dataset, to_coco_json, write_voc
 
     dataset = load_dataset(args.data)
     num_boxes = np.array([r.num_boxes for r in dataset])
@@ -113,7 +113,7 @@ def _add_propose(parser: argparse.ArgumentParser) -> None:
 
 def _run_propose(args: argparse.Namespace) -> int:
     from detection.config import load_config
-    from detection.datasets import load_dataset
+    from detection.data.datasets import load_dataset
     from proposals.propose import proposal_config_from_args, run_proposals
 
     config = load_config(args.config, args.set)
@@ -139,8 +139,8 @@ def _add_recall(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_recall(args: argparse.Namespace) -> int:
-    from detection.atomic import write_json, write_text
-    from detection.datasets import load_dataset
+    from detection.core.atomic import write_json, write_text
+    from detection.data.datasets import load_dataset
     from eval.recall import format_recall_table, plot_recall, proposal_recall
     from proposals.store import ProposalStore
 
@@ -182,10 +182,10 @@ def _add_detect(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    from detection import distributed
+    from detection.core import distributed
     from detection.config import load_config
-    from detection.datasets import load_dataset
-    from detection.detection_files import write_coco_results, write_detections
+    from detection.data.datasets import load_dataset
+    from detection.data.detection_files import write_coco_results, write_detections
     from detection.pipeline import detections_from_scores, fill_score_cache, load_member_scores
 
     config = load_config(args.config, args.set)
@@ -222,8 +222,8 @@ def _add_show(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_show(args: argparse.Namespace) -> int:
-    from detection.datasets import load_dataset
-    from detection.detection_files import read_detections
+    from detection.data.datasets import load_dataset
+    from detection.data.detection_files import read_detections
     from detection.visualize import write_gallery
     from proposals.store import ProposalStore
 
@@ -247,14 +247,14 @@ def _torchrun_group(device: str, num_threads: int | None) -> Iterator[None]:
     Each process takes ``num_threads`` torch CPU threads (the config's ``train.num_threads``)
     or else its share of this machine's cores, rather than a full pool each.
     """
-    from detection import distributed
+    from detection.core import distributed
 
     if not distributed.under_torchrun():
         yield
         return
     import torch
 
-    from detection.devices import resolve_device
+    from detection.core.devices import resolve_device
 
     torch.set_num_threads(distributed.threads_per_process(num_threads))
     with distributed.process_group(resolve_device(device)):
@@ -275,7 +275,7 @@ def _add_train_multibox(parser: argparse.ArgumentParser) -> None:
 
 def _run_train_multibox(args: argparse.Namespace) -> int:
     from detection.config import load_config
-    from detection.datasets import load_dataset
+    from detection.data.datasets import load_dataset
     from proposals.multibox_train import train_multibox
 
     config = load_config(args.config, args.set)
@@ -305,9 +305,9 @@ def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from classifiers.train import train_members
-    from detection import distributed
+    from detection.core import distributed
     from detection.config import load_config
-    from detection.datasets import load_dataset
+    from detection.data.datasets import load_dataset
     from proposals.store import ProposalStore
 
     config = load_config(args.config, args.set)
@@ -368,18 +368,18 @@ def _bench_config(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from detection.atomic import write_json, write_text
+    from detection.core.atomic import write_json, write_text
 
     if args.bench == "detection":
-        from detection.bench_detection import run_detection_benchmark
+        from detection.bench.detection import run_detection_benchmark
 
         config = _bench_config(args)
         run_detection_benchmark(config, args.out, force=args.force, device=args.device)
         print((args.out / "report.md").read_text())
         return 0
     if args.bench == "classification":
-        from detection.bench_classification import run_classification_track
-        from detection.datasets import load_dataset
+        from detection.bench.classification import run_classification_track
+        from detection.data.datasets import load_dataset
 
         report = run_classification_track(load_dataset(args.data), args.checkpoints, args.members, tuple(args.crops), args.max_items, device=args.device)
         print(report.table())
@@ -387,7 +387,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             write_text(args.out / "classification.md", report.table() + "\n")
             write_json(args.out / "classification.json", report.to_json())
         return 0
-    from detection.bench_proposals import run_proposal_study
+    from detection.bench.proposals import run_proposal_study
 
     run_proposal_study(_bench_config(args), args.out, device=args.device)
     print((args.out / "recall.md").read_text())
@@ -441,7 +441,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     prefix = ""
     # Only torchrun sets LOCAL_RANK; checking it first spares other commands importing torch.
     if "LOCAL_RANK" in os.environ:
-        from detection.distributed import launch
+        from detection.core.distributed import launch
 
         place = launch()
         if place is not None:

@@ -13,7 +13,7 @@ Each stage keeps its section's dataclass beside its code (``proposals`` in
 :mod:`classifiers.region_classifier`, ``train`` in :mod:`classifiers.train`, ``box_regression``
 in :mod:`classifiers.box_regression`, ``detection`` in :mod:`detection.pipeline`); this module
 gathers them. Unknown keys and values of the wrong type
-are errors naming the file and the key (:mod:`detection.config_io`). Command lines override
+are errors naming the file and the key (:mod:`detection.core.config_io`). Command lines override
 single values with ``--set section.key=value`` (the value is parsed as YAML, so
 ``--set evaluation.iou=0.7`` gives a float). Only ``yaml.safe_load`` is used.
 """
@@ -29,7 +29,7 @@ import yaml
 from classifiers.box_regression import BoxRegressionConfig
 from classifiers.region_classifier import RegionClassifierConfig
 from classifiers.train import TrainConfig
-from detection.config_io import ConfigError, apply_overrides, from_dict, to_dict
+from detection.core.config_io import ConfigError, apply_overrides, from_dict, to_dict
 from detection.pipeline import DetectConfig
 from proposals.multibox import MultiBoxConfig
 from proposals.propose import ProposalConfig
@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 @dataclass
 class DataConfig:
-    """Which data each stage reads (dataset specs, see :mod:`detection.datasets`)."""
+    """Which data each stage reads (dataset specs, see :mod:`detection.data.datasets`)."""
 
     train: str = "synthetic:120:0"
     test: str = "synthetic:40:1"

@@ -7,7 +7,7 @@ the first missing chunk, and any subset of the scored members gives its detectio
 running a network again: that is how single-model and ensemble results come from one scoring
 pass.
 
-Under ``torchrun`` (see :mod:`detection.distributed`) the chunks are shared out: rank ``r`` scores
+Under ``torchrun`` (see :mod:`detection.core.distributed`) the chunks are shared out: rank ``r`` scores
 the missing chunks ``k`` with ``k % world_size == r``, as ``rcnn propose --shard`` shares out
 proposal chunks. A chunk's images and their batches are fixed by the chunk index alone, so its
 file does not depend on which process wrote it, and the detections equal a single process's.
@@ -38,11 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from detection import distributed
-from detection.atomic import file_digest, write_json, write_npz
-from detection.boxes import batched_nms
-from detection.problems import DataError, WarningTally
-from detection.records import Dataset, Detections
+from detection.core import distributed
+from detection.core.atomic import file_digest, write_json, write_npz
+from detection.core.boxes import batched_nms
+from detection.core.problems import DataError, WarningTally
+from detection.data.records import Dataset, Detections
 
 __all__ = ["DetectConfig", "MemberScores", "fill_score_cache", "score_dataset", "load_member_scores", "detections_from_scores"]
 

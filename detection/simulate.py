@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detection import boxes as box_ops
-from detection.records import Dataset, Detections
+from detection.core import boxes as box_ops
+from detection.data.records import Dataset, Detections
 
 __all__ = ["simulate_detections", "run_simulation"]
 
@@ -68,8 +68,8 @@ def simulate_detections(
 
 def run_simulation(spec: str, out_dir: Path, seed: int = 0) -> int:
     """Score simulated detections on ``spec`` under every protocol; print the tables."""
-    from detection.datasets import load_dataset
-    from detection.detection_files import write_detections
+    from detection.data.datasets import load_dataset
+    from detection.data.detection_files import write_detections
     from eval.detection import evaluate
 
     dataset = load_dataset(spec)

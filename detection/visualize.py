@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detection.boxes import box_iou_numpy
-from detection.records import Dataset, Detections, ImageRecord
+from detection.core.boxes import box_iou_numpy
+from detection.data.records import Dataset, Detections, ImageRecord
 
 __all__ = ["match_for_display", "draw_image", "write_gallery"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detection.records import Dataset, Detections
+from detection.data.records import Dataset, Detections
 from eval.detection import evaluate
 
 __all__ = ["BootstrapResult", "bootstrap_map_difference", "resample", "SizeCurve", "ensemble_size_curve", "plot_size_curve"]

@@ -1,7 +1,7 @@
 """Detection average precision under the ILSVRC, PASCAL VOC and COCO rules.
 
-One entry point, :func:`evaluate`, scores a :class:`~detection.records.Detections` table against a
-:class:`~detection.records.Dataset` under one of four protocols. All of them sort each class's
+One entry point, :func:`evaluate`, scores a :class:`~detection.data.records.Detections` table against a
+:class:`~detection.data.records.Dataset` under one of four protocols. All of them sort each class's
 detections by score, decide which ones are true positives, and turn the running precision /
 recall into an average precision (AP) per class; the mean over classes that have ground truth is
 the mAP. They differ in how a detection is matched and how the curve is summarised:
@@ -31,7 +31,7 @@ the mAP. They differ in how a detection is matched and how the curve is summaris
     area ``(x2-x1)*(y2-y1)`` lies outside ``[0, 1e10]`` are outside the ``all`` range: such ground
     truth is ignored, and such a detection is ignored unless it is matched.
 
-Boxes are the project's continuous 0-based ``(x1, y1, x2, y2)`` (see :mod:`detection.boxes`), so
+Boxes are the project's continuous 0-based ``(x1, y1, x2, y2)`` (see :mod:`detection.core.boxes`), so
 the devkits' ``+1`` widths are already included and all protocols compute IoU the same way:
 ``inter / (area_det + area_gt - inter)`` in float64 (``inter / area_det`` for COCO crowd regions),
 zero unless the boxes overlap with a positive width and height. Thresholds are inclusive: an IoU
@@ -61,7 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detection.records import Dataset, Detections
+from detection.data.records import Dataset, Detections
 
 __all__ = ["PROTOCOLS", "DetectionResult", "evaluate"]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detection.boxes import box_iou_numpy
-from detection.records import Dataset
+from detection.core.boxes import box_iou_numpy
+from detection.data.records import Dataset
 
 __all__ = ["RecallResult", "proposal_recall", "format_recall_table", "plot_recall"]
 

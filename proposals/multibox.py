@@ -18,7 +18,7 @@ Coordinates inside the network are normalised: ``(x1, y1, x2, y2)`` divided by t
 square ``input_size`` (no aspect ratio kept, no padding): a normalised box means the same
 region of the original image and of the warped one, so no coordinate bookkeeping is needed and
 the priors cover the whole input. Pixel boxes follow the project's convention (0-based
-continuous, see :mod:`detection.boxes`).
+continuous, see :mod:`detection.core.boxes`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from detection.boxes import nms
-from detection.checkpoints import CheckpointError, load_checkpoint
-from detection.config_io import ConfigError, from_dict, to_dict
-from detection.devices import autocast, prepare_model, resolve_device
-from detection.records import Dataset
+from detection.core.boxes import nms
+from detection.core.checkpoints import CheckpointError, load_checkpoint
+from detection.core.config_io import ConfigError, from_dict, to_dict
+from detection.core.devices import autocast, prepare_model, resolve_device
+from detection.data.records import Dataset
 from proposals.store import SOURCES, ImageProposals
 
 __all__ = [

@@ -30,11 +30,11 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from detection.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
-from detection.config_io import to_dict
-from detection.devices import autocast, prepare_model, resolve_device
-from detection.problems import DataError, WarningTally
-from detection.records import Dataset
+from detection.core.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
+from detection.core.config_io import to_dict
+from detection.core.devices import autocast, prepare_model, resolve_device
+from detection.core.problems import DataError, WarningTally
+from detection.data.records import Dataset
 from proposals.multibox import (
     CHECKPOINT_KIND,
     CHECKPOINT_NAME,

@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from detection.atomic import file_digest
-from detection.problems import DataError
-from detection.records import Dataset
+from detection.core.atomic import file_digest
+from detection.core.problems import DataError
+from detection.data.records import Dataset
 from proposals.merge import merge_proposals
 from proposals.selective_search import SelectiveSearchConfig, configure_opencv_threads, selective_search
 from proposals.store import SOURCES, ImageProposals, ProposalStore, read_chunk
@@ -49,7 +49,7 @@ class ProposalConfig:
 
     def store_params(self) -> dict[str, Any]:
         """What defines the store's contents (a store made with other values is refused)."""
-        from detection.config_io import to_dict
+        from detection.core.config_io import to_dict
 
         params: dict[str, Any] = {"method": self.method}
         if self.method in ("ss", "merged"):
@@ -115,7 +115,7 @@ _WORKER: _ImageProposer | None = None
 
 def _init_worker(spec: str, fingerprint: str, config: ProposalConfig) -> None:
     global _WORKER
-    from detection.datasets import load_dataset
+    from detection.data.datasets import load_dataset
 
     configure_opencv_threads(1)
     if config.method != "ss":  # a Selective-Search-only worker never imports torch (seconds saved per worker)

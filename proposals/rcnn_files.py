@@ -4,7 +4,7 @@ R-CNN (and Fast R-CNN) keep Selective Search boxes as one ``(B, 4)`` array per i
 ``(y1, x1, y2, x2)`` order, 1-based inclusive pixels (MATLAB indexing), with the image names
 beside them: a ``.mat`` file with cell arrays ``boxes`` and ``images``. We read and write that
 layout as ``.mat`` (scipy.io) and as ``.npz`` (``images`` plus ``boxes_00000``... arrays),
-converting boxes through :mod:`detection.boxes` only here, at the file boundary.
+converting boxes through :mod:`detection.core.boxes` only here, at the file boundary.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from detection import boxes as box_ops
-from detection.atomic import atomic_write
-from detection.records import Dataset
+from detection.core import boxes as box_ops
+from detection.core.atomic import atomic_write
+from detection.data.records import Dataset
 from proposals.store import SOURCES, ImageProposals, ProposalStore, StoreError, rank_scores
 
 __all__ = ["export_rcnn", "import_rcnn", "read_rcnn_file"]

@@ -3,7 +3,7 @@
 The GoogLeNet detection entry used Selective Search "with the superpixel size doubled", which
 roughly halved the proposals. This module builds the Selective Search strategy itself, so that
 the graph-segmentation parameters can be scaled, and returns boxes in the project's convention
-(float32 ``(x1, y1, x2, y2)``, 0-based continuous pixels, see :mod:`detection.boxes`) with a
+(float32 ``(x1, y1, x2, y2)``, 0-based continuous pixels, see :mod:`detection.core.boxes`) with a
 deterministic ranking.
 
 Recipes (the values at ``superpixel_scale = 1``; OpenCV 4.x ``selectivesearchsegmentation.cpp``,

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from detection.atomic import atomic_write, write_json
-from detection.records import Dataset
+from detection.core.atomic import atomic_write, write_json
+from detection.data.records import Dataset
 
 __all__ = ["SOURCES", "ImageProposals", "ProposalStore", "StoreError", "rank_scores", "write_chunk", "read_chunk"]
 

@@ -1,12 +1,12 @@
 """Every preset in configs/ loads strictly (unknown keys or wrong types would fail here)."""
 
-from pathlib import Path
 
 import pytest
 
 from detection.config import load_config
+from tests.conftest import REPO
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def test_the_four_presets_exist():
@@ -20,7 +20,7 @@ def test_preset_loads(path):
 
 
 def test_paper_preset_is_the_paper():
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "ilsvrc14_googlenet.yaml")
+    config = load_config(REPO / "configs" / "ilsvrc14_googlenet.yaml")
     assert config.proposals.method == "merged" and config.proposals.top_k == 200
     assert config.proposals.selective_search.superpixel_scale == 2.0
     assert config.classifier.crop_size == 224 and config.classifier.width == 1.0 and config.classifier.padding() == 16

@@ -32,17 +32,17 @@ from classifiers.box_regression import (
 )
 from classifiers.ensemble import Ensemble
 from classifiers.region_classifier import MEMBER_KIND, RegionClassifierConfig, build_region_classifier
-from detection.atomic import file_digest
-from detection.boxes import box_iou_numpy
-from detection.checkpoints import CheckpointError, save_checkpoint
+from detection.core.atomic import file_digest
+from detection.core.boxes import box_iou_numpy
+from detection.core.checkpoints import CheckpointError, save_checkpoint
 from detection.config import ConfigError, load_config
-from detection.config_io import to_dict
-from detection.datasets import load_dataset
+from detection.core.config_io import to_dict
+from detection.data.datasets import load_dataset
 from detection.pipeline import DetectConfig, detections_from_scores, fill_score_cache, image_detections, load_member_scores
-from detection.records import Dataset, ImageRecord
+from detection.data.records import Dataset, ImageRecord
 from proposals.store import ImageProposals, ProposalStore
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 
 @pytest.fixture(autouse=True, scope="module")

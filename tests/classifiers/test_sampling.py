@@ -11,7 +11,7 @@ from classifiers.sampling import (
     build_training_windows,
     label_windows,
 )
-from detection.records import Dataset, ImageRecord
+from detection.data.records import Dataset, ImageRecord
 from proposals.store import ImageProposals
 
 
@@ -182,7 +182,7 @@ def test_bad_settings_are_refused() -> None:
 
 
 def test_windows_from_a_real_proposal_store(tmp_path) -> None:
-    from detection.synthetic import synthetic_dataset
+    from detection.data.synthetic import synthetic_dataset
     from proposals.propose import ProposalConfig, run_proposals
     from proposals.selective_search import SelectiveSearchConfig
     from proposals.store import ProposalStore

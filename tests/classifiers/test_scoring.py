@@ -21,7 +21,7 @@ from classifiers import scoring
 from classifiers.crops import warp_crops
 from classifiers.inception import GoogLeNet, GoogLeNetConfig
 from classifiers.scoring import CropScorer, score_crops
-from detection.devices import bf16_supported
+from detection.core.devices import bf16_supported
 
 NUM_CLASSES = 5
 SIZE = 32

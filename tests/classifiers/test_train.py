@@ -12,14 +12,14 @@ import torch
 import classifiers.train as train_module
 from classifiers.region_classifier import RegionClassifierConfig, load_member
 from classifiers.train import TrainConfig, learning_rate, member_path, train_member, train_members
-from detection.checkpoints import CheckpointError
+from detection.core.checkpoints import CheckpointError
 from detection.config import ConfigError, from_dict, load_config
-from detection.problems import DataError
-from detection.records import Dataset
-from detection.synthetic import synthetic_dataset
+from detection.core.problems import DataError
+from detection.data.records import Dataset
+from detection.data.synthetic import synthetic_dataset
 from proposals.store import ImageProposals
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 CLASSIFIER = RegionClassifierConfig(crop_size=48, width=0.125, batch_norm=True)
 TRAIN = TrainConfig(epochs=4, batch_size=32, images_per_batch=2, lr=0.02, polyak=0.9, num_threads=1, members=2)

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from detection.cli import main
-from detection.datasets import load_dataset
+from detection.data.datasets import load_dataset
 from detection.simulate import simulate_detections
-from detection.detection_files import write_coco_results, write_detections
+from detection.data.detection_files import write_coco_results, write_detections
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import numpy as np
 
 from detection.cli import main
-from detection.records import Detections, ImageRecord
+from detection.data.records import Detections, ImageRecord
 from detection.visualize import TRUE_POSITIVE, FALSE_POSITIVE, draw_image, match_for_display
 
 
@@ -22,9 +22,9 @@ def test_draw_image_colours():
 
 
 def test_show_command_writes_pngs(tmp_path, capsys):
-    from detection.datasets import load_dataset
+    from detection.data.datasets import load_dataset
     from detection.simulate import simulate_detections
-    from detection.detection_files import write_detections
+    from detection.data.detection_files import write_detections
 
     dataset = load_dataset("synthetic:3:0")
     write_detections(tmp_path / "d.json", simulate_detections(dataset), dataset.classes)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from detection.datasets import load_dataset
+from detection.data.datasets import load_dataset
 from detection.simulate import simulate_detections
 from eval.compare import bootstrap_map_difference, ensemble_size_curve, plot_size_curve, resample
 from eval.detection import evaluate

@@ -11,8 +11,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detection.boxes import box_iou_numpy
-from detection.records import Dataset, Detections, ImageRecord
+from detection.core.boxes import box_iou_numpy
+from detection.data.records import Dataset, Detections, ImageRecord
 from eval.detection import PROTOCOLS, DetectionResult, evaluate
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from detection.records import Dataset, ImageRecord
+from detection.data.records import Dataset, ImageRecord
 from eval.recall import format_recall_table, plot_recall, proposal_recall
 
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from detection.boxes import box_iou_numpy
-from detection.checkpoints import CheckpointError, save_checkpoint
+from detection.core.boxes import box_iou_numpy
+from detection.core.checkpoints import CheckpointError, save_checkpoint
 from detection.config import ConfigError, load_config, to_dict
-from detection.problems import DataError
-from detection.records import Dataset, ImageRecord
-from detection.synthetic import synthetic_dataset
+from detection.core.problems import DataError
+from detection.data.records import Dataset, ImageRecord
+from detection.data.synthetic import synthetic_dataset
 from proposals.multibox import (
     MultiBox,
     MultiBoxBackbone,
@@ -36,7 +36,7 @@ from proposals.multibox import (
 )
 from proposals.multibox_train import epoch_batches, learning_rate, train_multibox
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 
 def tiny_config(**overrides: object) -> MultiBoxConfig:

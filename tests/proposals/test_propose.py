@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from detection.cli import main
-from detection.datasets import load_dataset
+from detection.data.datasets import load_dataset
 from proposals.rcnn_files import export_rcnn, import_rcnn, read_rcnn_file
 from proposals.store import ProposalStore
 

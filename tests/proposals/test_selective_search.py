@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_sample_image
 
-from detection.boxes import box_iou_numpy
+from detection.core.boxes import box_iou_numpy
 from proposals.selective_search import (
     RECIPES,
     SelectiveSearchConfig,

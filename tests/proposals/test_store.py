@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from detection.records import Dataset, ImageRecord
+from detection.data.records import Dataset, ImageRecord
 from proposals.store import SOURCES, ImageProposals, ProposalStore, StoreError
 
 

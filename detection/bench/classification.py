@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detection.problems import DataError, WarningTally
-from detection.records import Dataset
+from detection.core.problems import DataError, WarningTally
+from detection.data.records import Dataset
 from eval.classification import topk_error
 
 __all__ = ["ClassificationRow", "ClassificationReport", "object_items", "run_classification_track"]

@@ -3,7 +3,7 @@
 Naming and shapes (N ground-truth boxes in an image, D detections):
 
 - ``ImageRecord.boxes``: ``(N, 4)`` float32 ``(x1, y1, x2, y2)``, 0-based continuous pixels
-  (see :mod:`detection.boxes`).
+  (see :mod:`detection.core.boxes`).
 - ``ImageRecord.labels``: ``(N,)`` int64 indices into ``Dataset.classes`` (0-based). The region
   classifier's output ``k`` is class ``k - 1``: its output 0 is background.
 - ``ImageRecord.difficult``: ``(N,)`` bool, PASCAL "difficult": neither a hit nor a miss.

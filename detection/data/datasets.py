@@ -10,11 +10,11 @@ Specs:
   ``ImageSets/DET/SPLIT.txt``, ``devkit/data/map_det.txt`` or ``meta_det.mat``, and for validation
   splits the devkit's ``*_det_validation_blacklist.txt``). Classes are the synset names.
 - ``coco:ANNOTATIONS.json[:IMAGE_DIR]``: COCO instances JSON; images beside the JSON by default.
-- ``synthetic[:N[:SEED]]``: the built-in generated dataset (:mod:`detection.synthetic`).
+- ``synthetic[:N[:SEED]]``: the built-in generated dataset (:mod:`detection.data.synthetic`).
 - ``imagefolder:ROOT``: ``ROOT/CLASS/*.jpg`` for the classification track; each image is one
   whole-image box of its folder's class.
 
-Faults that make data unusable raise :class:`~detection.problems.DataError` naming the file;
+Faults that make data unusable raise :class:`~detection.core.problems.DataError` naming the file;
 faults that leave it usable (a box outside the image, a single-pixel box, an unknown class in a
 fixed class list) are counted warnings summarised in one line at the end of the read.
 """
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from detection import boxes as box_ops
-from detection.images import IMAGE_SUFFIXES, read_image, read_image_size
-from detection.problems import DataError, WarningTally
-from detection.records import Dataset, Detections, ImageRecord
+from detection.core import boxes as box_ops
+from detection.data.images import IMAGE_SUFFIXES, read_image, read_image_size
+from detection.core.problems import DataError, WarningTally
+from detection.data.records import Dataset, Detections, ImageRecord
 
 __all__ = [
     "Dataset",
@@ -531,7 +531,7 @@ def _coco_from_spec(spec: str, args: list[str]) -> Dataset:
 
 
 def _synthetic_from_spec(spec: str, args: list[str]) -> Dataset:
-    from detection.synthetic import synthetic_dataset
+    from detection.data.synthetic import synthetic_dataset
 
     try:
         num_images = int(args[0]) if args and args[0] else 200

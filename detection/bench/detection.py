@@ -41,10 +41,10 @@ from typing import Any
 
 import yaml
 
-from detection.atomic import write_json, write_text
+from detection.core.atomic import write_json, write_text
 from detection.config import Config, to_dict
-from detection.datasets import load_dataset
-from detection.detection_files import write_detections
+from detection.data.datasets import load_dataset
+from detection.data.detection_files import write_detections
 from eval.detection import PROTOCOLS, evaluate
 
 __all__ = ["run_detection_benchmark", "STAGE_INPUTS"]

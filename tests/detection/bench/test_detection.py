@@ -5,6 +5,7 @@ import json
 import pytest
 
 from detection.cli import main
+from tests.conftest import REPO
 
 TINY = [
     "data.train=synthetic:8:0", "data.test=synthetic:4:1",
@@ -58,10 +59,9 @@ def test_bench_detection_end_to_end_resume_and_refusal(tiny_run, capsys):
 @pytest.mark.slow
 def test_readme_api_example_runs_on_a_run_directory(tiny_run, capsys):
     """The README's Python example, pointed at a tiny run directory."""
-    from pathlib import Path
 
     out = tiny_run
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     code = readme.split("<!-- api-example -->\n```python\n", 1)[1].split("```", 1)[0]
     assert code.count("\n") <= 6
     capsys.readouterr()
@@ -104,7 +104,7 @@ def test_train_detect_evaluate_commands_on_a_run(tiny_run, tmp_path, capsys):
     assert "different dataset" in capsys.readouterr().err
     assert main(["detect", "--data", "synthetic:4:1", "--proposals", str(tiny_run / "proposals" / "test"), "--checkpoints", str(members), "--members", "0,3", "--out", str(tmp_path / "x.json"), *sets]) == 2
     assert "no checkpoint for member(s) [3]" in capsys.readouterr().err
-    from detection.checkpoints import CheckpointError
+    from detection.core.checkpoints import CheckpointError
     from classifiers.ensemble import Ensemble
 
     with pytest.raises(CheckpointError, match="trained for classes"):
@@ -117,7 +117,7 @@ def test_detect_with_compile_scores_through_the_compiled_warp(tiny_run, tmp_path
     the real compile is tested in tests/classifiers/test_scoring.py), with the same scores."""
     import numpy as np
 
-    from detection.datasets import load_dataset
+    from detection.data.datasets import load_dataset
     from detection.pipeline import load_member_scores
 
     warped = eager_compile
@@ -171,7 +171,7 @@ def test_box_regression_adds_a_row_moves_boxes_and_redoes_only_its_stages(tmp_pa
 
     # The Python API applies the run's regressors: its boxes are the ensemble + box regression ones.
     from detection.api import Detector
-    from detection.datasets import load_dataset
+    from detection.data.datasets import load_dataset
 
     detector = Detector.from_run(out)
     assert detector.ensemble.regressors is not None
@@ -187,7 +187,7 @@ def test_stage_inputs_of_box_regression(tmp_path):
     """What --force removes when the box_regression section changes (no stage runs here)."""
     import yaml
 
-    from detection.bench_detection import _prepare_run_dir
+    from detection.bench.detection import _prepare_run_dir
     from detection.config import load_config
 
     run = tmp_path / "run"

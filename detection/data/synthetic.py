@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from detection.records import Dataset, ImageRecord
+from detection.data.records import Dataset, ImageRecord
 
 __all__ = [
     "SYNTHETIC_CLASSES",

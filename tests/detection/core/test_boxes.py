@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from detection import boxes as B
+from detection.core import boxes as B
 
 
 def test_voc_round_trip_and_widths():

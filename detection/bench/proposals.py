@@ -13,9 +13,9 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from detection.atomic import write_json, write_text
+from detection.core.atomic import write_json, write_text
 from detection.config import Config
-from detection.datasets import load_dataset
+from detection.data.datasets import load_dataset
 
 __all__ = ["run_proposal_study"]
 

@@ -5,7 +5,7 @@ Our format is a JSON list of ``{"image_id": str, "label": str, "score": float,
 COCO results are ``{"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": float}``.
 
 Reading validates against the dataset: a malformed file or entry is a
-:class:`~detection.problems.DataError` naming the file and the entry; detections naming images
+:class:`~detection.core.problems.DataError` naming the file and the entry; detections naming images
 or labels the dataset does not have are counted warnings and left out (a file in which no
 detection matches the dataset is an error: it is almost certainly for other data).
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from detection import boxes as box_ops
-from detection.atomic import write_json
-from detection.problems import DataError, WarningTally
-from detection.records import Dataset, Detections
+from detection.core import boxes as box_ops
+from detection.core.atomic import write_json
+from detection.core.problems import DataError, WarningTally
+from detection.data.records import Dataset, Detections
 
 __all__ = ["read_detections", "write_detections", "write_coco_results", "detections_to_json"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detection.records import Dataset
-from detection.synthetic import (
+from detection.data.records import Dataset
+from detection.data.synthetic import (
     DIFFICULT_VISIBLE_FRACTION,
     MIN_BOX_SIDE,
     SYNTHETIC_CLASSES,

@@ -4,9 +4,9 @@ import logging
 import numpy as np
 import pytest
 
-from detection.detection_files import read_detections, write_coco_results, write_detections
-from detection.problems import DataError
-from detection.records import Dataset, Detections, ImageRecord
+from detection.data.detection_files import read_detections, write_coco_results, write_detections
+from detection.core.problems import DataError
+from detection.data.records import Dataset, Detections, ImageRecord
 
 
 def _dataset() -> Dataset:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from detection.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from detection.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_round_trip_and_checks(tmp_path):

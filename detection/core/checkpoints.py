@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from detection.atomic import atomic_write
+from detection.core.atomic import atomic_write
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "first_difference"]
 

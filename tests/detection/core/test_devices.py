@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from detection.devices import autocast, resolve_device
+from detection.core.devices import autocast, resolve_device
 
 
 def test_resolve_device():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from detection.problems import DataError
+from detection.core.problems import DataError
 
 __all__ = ["read_image", "read_image_size", "IMAGE_SUFFIXES"]
 
