@@ -19,7 +19,7 @@ of ``--images`` real photographs (scikit-learn's sample images, cut and turned t
 
 The cases run in alternating rounds and each keeps its best round, so a busy spell on a shared
 machine does not land on one case alone. GFLOP/s counts 2 FLOP per multiply-add of
-:func:`classifiers.inception.count_params_and_macs` and is set against the best rate of a large
+:func:`classifiers.inception_cost.count_params_and_macs` and is set against the best rate of a large
 ``torch.mm`` in the same dtype (in float32 for bfloat16 where bfloat16 is emulated: the emulated
 ``mm`` is a slow reference path, no meaningful peak).
 
@@ -43,8 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from classifiers.crops import IMAGENET_MEAN, IMAGENET_STD, context_boxes, warp_crops
-from classifiers.inception import GoogLeNet, GoogLeNetConfig, count_params_and_macs
+from classifiers.crops import context_boxes, warp_crops
+from classifiers.inception import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, GoogLeNetConfig
+from classifiers.inception_cost import count_params_and_macs
 from classifiers.scoring import CropScorer
 from detection.core.devices import bf16_supported, resolve_device
 

@@ -1,90 +1,42 @@
-"""Class-specific bounding-box regression on the region classifier's pooled features (R-CNN style).
+"""Class-specific bounding-box regression (R-CNN, Girshick et al. 2014, appendix C): the maths and the files.
 
-Not in the paper (section 8: "we did not use bounding box regression ... due to lack of time"):
-an option, off by default (``box_regression.enabled``) and off in the paper preset.
-
-The recipe is R-CNN's (Girshick et al., 2014, appendix C). A proposal ``P`` matched to a
-ground-truth box ``G`` has the targets
-
-    ``tx = (Gx - Px) / Pw``, ``ty = (Gy - Py) / Ph``, ``tw = log(Gw / Pw)``, ``th = log(Gh / Ph)``
-
-with centres and widths in the project's continuous convention (:mod:`detection.core.boxes`:
-``w = x2 - x1``, centre ``x1 + w / 2``; no R-CNN "+1"). Every training proposal (and every
-ground-truth box itself) whose best IoU with a ground-truth box is at least ``fg_iou`` (R-CNN:
-0.6) is a sample of that box's class, with that box as target. Each class gets its own linear map
-from a member's pooled features (the input of the final linear layer, after global average
-pooling; :meth:`classifiers.inception.GoogLeNet.forward_with_features`) to the four targets,
-fitted by ridge regression in closed form, once per ensemble member.
-
-Features are standardised per class before the fit (mean 0, standard deviation 1 per
-dimension over the class's samples) and the intercept is left unpenalised (targets centred).
-Why: a narrow member trained from scratch has feature dimensions on wildly different scales
-(some ReLU channels nearly dead, a few large), and members and widths differ from one another;
-on standardised features ``Z`` the data term is ``Z^T Z = N * R`` (``R`` the correlation matrix),
-so one ``ridge_lambda`` shrinks every dimension alike and means the same thing for every member
-and width. R-CNN's ``lambda = 1000`` was tuned on its own scale (pool5 features rescaled to a mean
-norm of 20), which no other network shares anyway. The unpenalised intercept makes a heavily
-regularised class fall back to its mean offset rather than to no offset. The standardisation is
-folded back into the stored ``W`` and ``b``, so inference is one matrix product on raw features.
-Target scaling (Fast R-CNN's 0.1/0.2 normalisation) is not needed: ridge regression is linear in
-the targets. The fit solves the smaller of the primal (``D x D``) and dual (``N x N``) systems,
-which give the same answer, so a capped class of a few hundred samples on 1024-d features costs
-a few hundred squared, not 1024 cubed.
-
-At detection time (:mod:`detection.pipeline`) each member predicts the deltas of every proposal
-for every class; the ensemble's deltas are the mean over its members, and class ``c``'s
-detections use the boxes moved by class ``c``'s deltas, clipped to the image, before per-class
-NMS (R-CNN's order). ``dw`` and ``dh`` are clipped at ``log(1000 / 16)`` first, as detectron
-does, so that no prediction can blow a box up by more than ~62x.
-
-Files. Member ``m``'s regressor is ``box_regressor{m}.pt`` beside ``member{m}.pt`` (a checkpoint
-of :mod:`detection.core.checkpoints`, kind ``box_regressor``, written atomically). It records the
-class list, the member's index and the digest of the member file it was fitted on, the data's
-fingerprint and the section's settings; a finished file with the same identity is reused, one
-made for another member, class list or configuration is refused with the first difference.
+Not in the paper (section 8 ran out of time for it): an option, off by default. A proposal ``P``
+matched to a ground-truth box ``G`` has the targets ``tx = (Gx - Px) / Pw``, ``ty = (Gy - Py) / Ph``,
+``tw = log(Gw / Pw)``, ``th = log(Gh / Ph)`` (centres and sizes in the continuous convention of
+:mod:`detection.core.boxes`); each class gets a ridge regression from a member's pooled features
+to them (:func:`fit_ridge`, on standardised features, see there why). Member ``m``'s regressor is
+the checkpoint ``box_regressor{m}.pt`` beside ``member{m}.pt``. Fitting them from a trained
+ensemble is :mod:`classifiers.box_regression_train`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from detection.core import distributed
-from detection.core.atomic import file_digest
-from detection.core.boxes import box_iou_numpy
-from detection.core.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
-from detection.core.problems import DataError, WarningTally
-from detection.data.records import Dataset, ImageRecord
-
-if TYPE_CHECKING:  # classifiers.ensemble imports this module
-    from classifiers.ensemble import Ensemble
+from detection.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from detection.core.problems import WarningTally
 
 __all__ = [
     "BBOX_XFORM_CLIP",
     "REGRESSOR_KIND",
     "BoxRegressionConfig",
     "BoxRegressor",
-    "RegressionSamples",
     "regression_targets",
     "apply_deltas",
     "fit_ridge",
     "fit_box_regressor",
-    "match_proposals",
-    "regression_samples",
     "regressor_path",
     "save_box_regressor",
     "load_box_regressor",
-    "fit_box_regressors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,9 +45,6 @@ logger = logging.getLogger(__name__)
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 REGRESSOR_KIND = "box_regressor"
-
-#: Boxes narrower or shorter than this (pixels) are never samples: their targets divide by it.
-_MIN_SIDE = 1.0
 
 
 @dataclass
@@ -334,103 +283,6 @@ def fit_box_regressor(
     return BoxRegressor(weight, bias, counts)
 
 
-# ----------------------------------------------------------------------------- training samples
-
-
-@dataclass
-class RegressionSamples:
-    """The S training samples of a dataset's box regressors, image-major.
-
-    Attributes:
-        image_indices: ``(S,)`` int64 dataset positions.
-        boxes: ``(S, 4)`` float32 windows (proposals or ground-truth boxes).
-        gt_boxes: ``(S, 4)`` float32 the ground-truth box each window is matched to.
-        labels: ``(S,)`` int64 dataset class of that box (``0 .. C - 1``).
-    """
-
-    image_indices: np.ndarray
-    boxes: np.ndarray
-    gt_boxes: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def targets(self) -> Tensor:
-        """``(S, 4)`` float32 :func:`regression_targets` of the windows."""
-        return regression_targets(torch.from_numpy(self.boxes), torch.from_numpy(self.gt_boxes))
-
-
-def _usable(boxes: np.ndarray) -> np.ndarray:
-    """``(N,)`` bool: boxes at least :data:`_MIN_SIDE` wide and high."""
-    return ((boxes[:, 2] - boxes[:, 0]) >= _MIN_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= _MIN_SIDE)
-
-
-def match_proposals(record: ImageRecord, proposal_boxes: np.ndarray | None, fg_iou: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The regression samples of one image: its windows (proposals, then its ground truth)
-    whose best IoU with a ground-truth box is ``>= fg_iou``, matched to that box.
-
-    Crowd regions and ground-truth boxes under one pixel a side are never targets (as in
-    :mod:`classifiers.sampling`); difficult boxes are.
-
-    Returns:
-        windows ``(S, 4)`` float32, their matched boxes ``(S, 4)`` float32 and classes ``(S,)`` int64.
-    """
-    crowd = np.asarray(record.crowd, dtype=bool)
-    targets = _usable(record.boxes) & ~crowd
-    gt_boxes, gt_labels = record.boxes[targets], record.labels[targets]
-    empty = (np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
-    if not len(gt_boxes):
-        return empty
-    proposals = np.zeros((0, 4), np.float32) if proposal_boxes is None else np.asarray(proposal_boxes, np.float32).reshape(-1, 4)
-    windows = np.concatenate([proposals, gt_boxes]).astype(np.float32)
-    windows = windows[_usable(windows)]
-    iou = box_iou_numpy(windows, gt_boxes)
-    best = iou.argmax(axis=1)
-    keep = iou[np.arange(len(windows)), best] >= fg_iou
-    return windows[keep], gt_boxes[best[keep]].astype(np.float32), gt_labels[best[keep]].astype(np.int64)
-
-
-def regression_samples(
-    dataset: Dataset, proposals: Mapping[str, Any], fg_iou: float = 0.6, max_per_class: int | None = None, seed: int = 0
-) -> RegressionSamples:
-    """Every image's :func:`match_proposals`, at most ``max_per_class`` per class.
-
-    Args:
-        proposals: image id -> stored proposals (``ProposalStore.load_all()``); an image that is
-            missing or whose proposals failed contributes its ground-truth boxes only.
-        max_per_class: cap per class, drawn uniformly without replacement with a generator
-            seeded by ``(seed, class)``; None keeps all.
-    Returns:
-        The samples, image-major (the draw keeps the original order).
-    """
-    indices, windows, gts, labels = [], [], [], []
-    for index, record in enumerate(dataset.records):
-        item = proposals.get(record.image_id)
-        boxes = None if item is None or item.error else item.boxes
-        w, g, lab = match_proposals(record, boxes, fg_iou)
-        indices.append(np.full(len(lab), index, np.int64))
-        windows.append(w)
-        gts.append(g)
-        labels.append(lab)
-    image_indices = np.concatenate(indices + [np.zeros((0,), np.int64)])
-    all_labels = np.concatenate(labels + [np.zeros((0,), np.int64)])
-    keep = np.ones(len(all_labels), dtype=bool)
-    if max_per_class is not None:
-        for c in np.unique(all_labels):
-            members = np.flatnonzero(all_labels == c)
-            if len(members) > max_per_class:
-                rng = np.random.default_rng(np.random.SeedSequence([seed, int(c)]))
-                keep[members] = False
-                keep[rng.choice(members, size=max_per_class, replace=False)] = True
-    return RegressionSamples(
-        image_indices[keep],
-        np.concatenate(windows + [np.zeros((0, 4), np.float32)])[keep],
-        np.concatenate(gts + [np.zeros((0, 4), np.float32)])[keep],
-        all_labels[keep],
-    )
-
-
 # ----------------------------------------------------------------------------- files
 
 
@@ -480,165 +332,3 @@ def load_box_regressor(path: str | Path, classes: list[str], member: int | None 
         raise CheckpointError(f"{path}: holds {regressor.num_classes} classes, the class list has {len(classes)}")
     return regressor
 
-
-def _identity(dataset: Dataset, config: BoxRegressionConfig, member: int, member_digest: str) -> dict[str, Any]:
-    """What a regressor file must record to be reused: the fit's settings, member and data."""
-    return {
-        "box_regression": config.identity(),
-        "member": {"index": member, "checkpoint": member_digest},
-        "data": {"spec": dataset.spec, "fingerprint": dataset.fingerprint()},
-    }
-
-
-def _finished(path: Path, classes: list[str], expected: dict[str, Any]) -> bool:
-    """Whether ``path`` holds a regressor with this identity; one with another is refused."""
-    if not path.exists():
-        return False
-    payload = load_checkpoint(path, REGRESSOR_KIND, classes=classes)
-    stored = payload.get("config") or {}
-    pairs = {
-        "box_regression": (stored.get("box_regression"), expected["box_regression"]),
-        "member": (stored.get("member"), expected["member"]),
-        "data.fingerprint": ((stored.get("data") or {}).get("fingerprint"), expected["data"]["fingerprint"]),
-    }
-    for section, (old, new) in pairs.items():
-        difference = first_difference(old, new, f"{section}.")
-        if difference:
-            raise CheckpointError(f"{path}: made for another member, data or configuration ({difference}); delete it to fit it again")
-    return True
-
-
-# ----------------------------------------------------------------------------- per member, from files
-
-
-@contextlib.contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Run with ``num_threads`` torch CPU threads (None: unchanged), restoring the count after."""
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _member_features(ensemble: Ensemble, dataset: Dataset, samples: RegressionSamples, progress: bool) -> tuple[list[Tensor], np.ndarray]:
-    """Each member's pooled features of every sample's warped window.
-
-    Windows are warped exactly as at detection time (:meth:`classifiers.ensemble.Ensemble.warp`:
-    no mirroring, no colour distortion) and scored in groups of whole images of at most about
-    ``ensemble.crops_per_batch`` crops.
-
-    Returns:
-        ``M`` tensors ``(S', D_m)`` float32 on the CPU, and the ``(S,)`` bool mask of the samples
-        they cover (those of unreadable images are dropped, with a counted warning).
-    """
-    from tqdm import tqdm
-
-    tally = WarningTally(f"box regression {dataset.spec}", logger)
-    covered = np.zeros(len(samples), dtype=bool)
-    parts: list[list[Tensor]] = [[] for _ in ensemble.models]
-    starts = np.flatnonzero(np.r_[True, samples.image_indices[1:] != samples.image_indices[:-1]]) if len(samples) else np.zeros(0, np.int64)
-    stops = np.r_[starts[1:], len(samples)].astype(np.int64)
-    group: list[tuple[np.ndarray, slice]] = []
-    bar = tqdm(total=len(starts), desc="box regression features", unit="img", disable=not progress)
-
-    def flush() -> None:
-        if not group:
-            return
-        crops = ensemble.warp([image for image, _ in group], [samples.boxes[span] for _, span in group])
-        _, features = ensemble.scorer.score_with_features(crops)
-        for part, member_features in zip(parts, features):
-            part.append(member_features.float().cpu())
-        bar.update(len(group))
-        group.clear()
-
-    pending = 0
-    for start, stop in zip(starts, stops):
-        index = int(samples.image_indices[start])
-        try:
-            image = dataset.load_image(index)
-        except DataError as error:
-            tally.warn("unreadable image, its samples dropped", error.path, error.fault)
-            bar.update(1)
-            continue
-        if pending and pending + (stop - start) > ensemble.crops_per_batch:
-            flush()
-            pending = 0
-        group.append((image, slice(int(start), int(stop))))
-        covered[start:stop] = True
-        pending += int(stop - start)
-    flush()
-    bar.close()
-    tally.log_summary()
-    features = [torch.cat(part) if part else torch.zeros((0, model.num_features)) for part, model in zip(parts, ensemble.models)]
-    return features, covered
-
-
-def fit_box_regressors(
-    dataset: Dataset,
-    proposals: Mapping[str, Any],
-    config: BoxRegressionConfig,
-    members_dir: str | Path,
-    members: Sequence[int] | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    num_threads: int | None = None,
-) -> list[Path]:
-    """Fit ``members_dir/box_regressor{m}.pt`` for each member ``m`` on the training set.
-
-    The samples (:func:`regression_samples`) are drawn once; one pass over their images gives
-    every unfinished member's features; each member's regressor is then fitted
-    (:func:`fit_box_regressor`) and written atomically. A file already there with the same
-    identity (settings, member checkpoint digest, data) is reused, so a rerun redoes nothing;
-    one with another identity is refused. Under torchrun rank 0 does the work and the others
-    wait for it.
-
-    Args:
-        dataset: the training set the members were trained on.
-        proposals: image id -> its stored proposals (``ProposalStore.load_all()``).
-        config: the ``box_regression`` section (``enabled`` is not looked at).
-        members_dir: the directory of the ``member{m}.pt`` checkpoints.
-        members: which members (default: all found there).
-        device: where to compute the features: ``auto``, ``cpu`` or ``cuda``.
-        num_threads: torch CPU threads meanwhile (None: unchanged).
-    Returns:
-        The regressor paths, in the order of ``members``.
-    Raises:
-        CheckpointError: a missing member, or a regressor file made for something else.
-    """
-    from classifiers.ensemble import Ensemble, member_paths
-
-    members_dir = Path(members_dir)
-    found = member_paths(members_dir)
-    chosen = list(found) if members is None else list(members)
-    missing = [m for m in chosen if m not in found]
-    if missing:
-        raise CheckpointError(f"{members_dir}: no checkpoint for member(s) {missing}: train them before fitting box regressors")
-    paths = {m: regressor_path(members_dir, m) for m in chosen}
-    expected = {m: _identity(dataset, config, m, file_digest(found[m])) for m in chosen}
-    todo = [m for m in chosen if not _finished(paths[m], dataset.classes, expected[m])]
-    if not todo:
-        logger.info("box regressors of member(s) %s already fitted in %s", chosen, members_dir)
-    elif distributed.is_main():
-        with _torch_threads(num_threads):
-            samples = regression_samples(dataset, proposals, config.fg_iou, config.max_samples_per_class, config.seed)
-            logger.info(
-                "box regression: %d samples (IoU >= %.2f, at most %d per class) for member(s) %s",
-                len(samples), config.fg_iou, config.max_samples_per_class, todo,
-            )
-            ensemble = Ensemble.from_dir(members_dir, dataset.classes, ",".join(map(str, todo)) + ",", device)
-            features, covered = _member_features(ensemble, dataset, samples, progress)
-            targets = samples.targets()[torch.from_numpy(covered)]
-            labels = torch.from_numpy(samples.labels[covered])
-            for member, member_features in zip(todo, features):
-                regressor = fit_box_regressor(
-                    member_features, targets, labels, dataset.num_classes, config.ridge_lambda,
-                    config.min_samples_per_class, dataset.classes, f"box regression, member {member}",
-                )
-                save_box_regressor(paths[member], regressor, expected[member], dataset.classes)
-                logger.info("member %d: box regressor -> %s", member, paths[member])
-    # The other ranks read these files next (detection): not before they are whole.
-    distributed.barrier()
-    return [paths[m] for m in chosen]

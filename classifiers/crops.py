@@ -53,9 +53,9 @@ import torch
 import torchvision.ops
 from torch import Tensor
 
+from classifiers.inception import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "RCNN_PADDING",
     "RCNN_SIZE",
     "context_padding",
@@ -71,9 +71,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ImageNet channel statistics (RGB, on the [0, 1] scale); crops are normalised with them.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: R-CNN's warp: 227x227 crops in the original, 224x224 for GoogLeNet, with 16 px of context.
 RCNN_SIZE = 224

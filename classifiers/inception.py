@@ -25,13 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import pickle
-from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, NamedTuple, Union
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -49,12 +44,9 @@ __all__ = [
     "Inception",
     "InceptionAux",
     "GoogLeNet",
-    "build_googlenet",
     "googlenet_loss",
-    "imagenet_weights_path",
-    "load_weights",
-    "StageCost",
-    "count_params_and_macs",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,10 +127,11 @@ AUX_HIDDEN = 1024
 # its ported weights were trained behind that pool.
 TORCHVISION_POOL_KERNELS: dict[str, int] = {"maxpool4": 2}
 
-# ImageNet normalisation constants; transform_input maps an ImageNet-normalised input to the
-# (x - 0.5) / 0.5 scaling the ported weights were trained on.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+#: ImageNet's per-channel RGB mean and standard deviation (pixels scaled to [0, 1]): every crop
+#: and image the networks see is normalised with them. ``transform_input`` maps such an input to
+#: the (x - 0.5) / 0.5 scaling the ported torchvision weights were trained on.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -416,8 +409,8 @@ class GoogLeNet(nn.Module):
     def _transform_input(self, x: Tensor) -> Tensor:
         if not self.config.transform_input:
             return x
-        mean = torch.tensor(_IMAGENET_MEAN, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
-        std = torch.tensor(_IMAGENET_STD, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
         # (x * std + mean) undoes ImageNet normalisation; then rescale [0, 1] to [-1, 1].
         return x * (std / 0.5) + (mean - 0.5) / 0.5
 
@@ -464,15 +457,6 @@ class GoogLeNet(nn.Module):
         return logits
 
 
-def build_googlenet(
-    config: GoogLeNetConfig | None = None, weights: str | os.PathLike[str] | None = None, **overrides: Any
-) -> GoogLeNet:
-    """A :class:`GoogLeNet` with weights loaded by :func:`load_weights`."""
-    model = GoogLeNet(config, **overrides)
-    if weights is not None:
-        load_weights(model, weights)
-    return model
-
 
 def googlenet_loss(
     outputs: Tensor | GoogLeNetOutputs, targets: Tensor, aux_weight: float = AUX_WEIGHT
@@ -494,237 +478,3 @@ def googlenet_loss(
         if aux is not None:
             loss = loss + aux_weight * F.cross_entropy(aux, targets)
     return loss
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights
-
-
-def imagenet_weights_path() -> Path:
-    """Where torchvision keeps the IMAGENET1K_V1 GoogLeNet file: ``<torch hub dir>/checkpoints/``.
-
-    The hub directory is ``$TORCH_HOME/hub`` (``~/.cache/torch/hub`` by default) unless
-    ``torch.hub.set_dir`` moved it.
-    """
-    from torchvision.models import GoogLeNet_Weights
-
-    filename = os.path.basename(urlparse(GoogLeNet_Weights.IMAGENET1K_V1.url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
-
-
-def _is_classifier_key(key: str) -> bool:
-    """Keys whose shapes depend on num_classes: the final linear layer and the aux heads' last."""
-    return key.startswith(("fc.", "aux1.fc2.", "aux2.fc2."))
-
-
-def _strip_wrapper_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    # DistributedDataParallel saves "module.*", torch.compile "_orig_mod.*": the same weights.
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """A state_dict from a file: raw, or under "model" / "state_dict" in a checkpoint dict."""
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"cannot read weights from {path}: {e}") from e
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(
-            f"{path} holds neither a state_dict nor a checkpoint dict with a 'model' or 'state_dict' entry"
-        )
-    return _strip_wrapper_prefix(dict(obj))
-
-
-def _few(items: list[str], n: int = 5) -> str:
-    more = f", ... ({len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
-
-
-def _load_checked(model: GoogLeNet, state: dict[str, Tensor], skip: Callable[[str], bool], source: str) -> None:
-    """Load ``state`` into ``model``, every key and shape matching except those ``skip`` names.
-
-    Auxiliary-head weights in the file are dropped when the model has no heads (the paper
-    removes them at inference); anything else missing, extra or misshapen is a ValueError.
-    """
-    own = model.state_dict()
-    if not model.has_aux:
-        dropped = [k for k in state if k.startswith(("aux1.", "aux2.")) and k not in own]
-        if dropped:
-            logger.debug("%s: ignoring %d auxiliary-head tensors (model has no aux heads)", source, len(dropped))
-        state = {k: v for k, v in state.items() if k not in dropped}
-    state = {k: v for k, v in state.items() if not skip(k)}
-    missing = [k for k in own if k not in state and not skip(k)]
-    unexpected = [k for k in state if k not in own]
-    misshapen = [
-        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or misshapen:
-        parts = [
-            f"{label}: {_few(items)}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", misshapen))
-            if items
-        ]
-        raise ValueError(f"weights from {source} do not fit this GoogLeNet ({model.config}); " + "; ".join(parts))
-    model.load_state_dict(state, strict=False)
-
-
-def load_weights(
-    model: GoogLeNet, weights: str | os.PathLike[str] | None, *, ignore_classifier: bool = False
-) -> GoogLeNet:
-    """Initialise or load ``model``'s weights in place; returns the model.
-
-    Args:
-        model: the network.
-        weights: ``None``: fresh random initialisation (:meth:`GoogLeNet.reset_parameters`).
-            ``"imagenet"``: torchvision's IMAGENET1K_V1 file from the local torch hub cache (see
-            :func:`imagenet_weights_path`), never downloaded; needs the torchvision layout
-            (:meth:`GoogLeNetConfig.torchvision`). With num_classes != 1000 the classifier layers
-            keep their random weights. Anything else: a file written by ``torch.save``, read with
-            ``weights_only=True``, holding a state_dict or a dict with it under "model" or
-            "state_dict".
-        ignore_classifier: for a file, skip the num_classes-dependent layers (``fc`` and the aux
-            heads' ``fc2``), e.g. to fine-tune a classification checkpoint for detection.
-
-    Raises:
-        FileNotFoundError: the file (or the cached ImageNet file) is absent; the message names it.
-        ValueError: options that cannot take ImageNet weights, an unreadable file, or keys and
-            shapes that do not match (a few are listed).
-    """
-    if weights is None:
-        model.reset_parameters()
-        return model
-    if isinstance(weights, str) and weights == "imagenet":
-        mismatches = model.config.torchvision_mismatches()
-        if mismatches:
-            raise ValueError(
-                "torchvision's ImageNet weights need the torchvision layout "
-                f"(GoogLeNetConfig.torchvision()); this model has {', '.join(mismatches)}"
-            )
-        path = imagenet_weights_path()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ImageNet GoogLeNet weights not found at {path}. Nothing is downloaded here: on a machine "
-                "with internet access run `python -c \"import torchvision; "
-                "torchvision.models.googlenet(weights='IMAGENET1K_V1')\"` and copy "
-                f"$TORCH_HOME/hub/checkpoints/{path.name} (~/.cache/torch/hub/checkpoints/ by default) to {path}, "
-                "or point TORCH_HOME at a directory that has hub/checkpoints/" + path.name
-            )
-        replace_classifier = model.config.num_classes != 1000
-        if replace_classifier:
-            logger.info(
-                "ImageNet weights: loading all but fc and the aux heads' fc2 (num_classes=%d, not 1000); "
-                "those keep their random initialisation",
-                model.config.num_classes,
-            )
-        if model.has_aux and not replace_classifier:
-            logger.warning("the auxiliary heads in torchvision's ImageNet file are not trained: train them before use")
-        if not model.config.transform_input:
-            logger.warning(
-                "ImageNet GoogLeNet weights expect inputs scaled to [-1, 1]; torchvision sets "
-                "transform_input=True to feed them ImageNet-normalised images, this model has it off"
-            )
-        _load_checked(model, _read_state_dict(path), lambda k: replace_classifier and _is_classifier_key(k), str(path))
-        logger.info("loaded ImageNet GoogLeNet weights from %s", path)
-        return model
-    path = Path(weights)
-    _load_checked(model, _read_state_dict(path), lambda k: ignore_classifier and _is_classifier_key(k), str(path))
-    logger.info("loaded GoogLeNet weights from %s%s", path, " (classifier skipped)" if ignore_classifier else "")
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
-# Cost, per stage of Table 1
-
-
-class StageCost(NamedTuple):
-    """Parameters and multiply-adds (per image) of one Table 1 stage."""
-
-    name: str
-    params: int
-    macs: int
-
-
-def _stage_of(module_name: str) -> str | None:
-    """Table 1 stage of a top-level module; None for pools, dropout and the auxiliary heads."""
-    if module_name == "conv3":
-        return "conv2"  # Table 1 counts the 1x1 reduce (conv2) and the 3x3 (conv3) as one row
-    if module_name in ("conv1", "conv2", "fc") or module_name.startswith("inception"):
-        return module_name
-    return None
-
-
-def _modules_by_stage(model: GoogLeNet) -> Iterator[tuple[str, nn.Module]]:
-    for name, child in model.named_children():
-        stage = _stage_of(name)
-        if stage is not None:
-            yield stage, child
-
-
-def count_params_and_macs(
-    model_or_config: GoogLeNet | GoogLeNetConfig, input_size: int | None = None
-) -> list[StageCost]:
-    """Parameters and multiply-adds per stage, in Table 1's order (auxiliary heads excluded).
-
-    Stages: conv1, conv2 (the 1x1 reduce and the 3x3 together), inception3a .. inception5b, fc.
-    Parameters are everything the stage holds (weights, biases, batch-norm affine terms);
-    multiply-adds count convolutions (out_h * out_w * out_c * in_c / groups * kh * kw) and linear
-    layers (in * out) for one image, measured with forward hooks. A config is built on the meta
-    device, so counting costs no memory or arithmetic.
-
-    Args:
-        model_or_config: a model (counted as it is) or a config (built to count).
-        input_size: side of the square input; the config's ``input_size`` when omitted.
-    """
-    if isinstance(model_or_config, GoogLeNetConfig):
-        with torch.device("meta"):
-            model = GoogLeNet(model_or_config)
-    else:
-        model = model_or_config
-    size = input_size if input_size is not None else model.config.input_size
-
-    params: dict[str, int] = {}
-    macs: dict[str, int] = {}
-    hooks = []
-
-    def count(stage: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if isinstance(module, nn.Conv2d):
-                kh, kw = module.kernel_size
-                per_output = module.in_channels // module.groups * kh * kw
-                macs[stage] += output[0].numel() * per_output
-            else:
-                assert isinstance(module, nn.Linear)
-                macs[stage] += module.in_features * module.out_features
-
-        return hook
-
-    for stage, child in _modules_by_stage(model):
-        params[stage] = params.get(stage, 0) + sum(p.numel() for p in child.parameters())
-        macs.setdefault(stage, 0)
-        for m in child.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                hooks.append(m.register_forward_hook(count(stage)))
-
-    reference = next(model.parameters())
-    was_training = model.training
-    try:
-        model.eval()  # the auxiliary heads only run in training mode: keep them out of the count
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, dtype=reference.dtype, device=reference.device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return [StageCost(stage, params[stage], macs[stage]) for stage in params]

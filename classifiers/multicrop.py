@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from classifiers.crops import flip_crops, warp_crops
+
 __all__ = ["SCHEMES", "scheme_boxes", "multicrop_batch"]
 
 SCHEMES = (1, 10, 144)
@@ -86,8 +88,6 @@ def multicrop_batch(
     ``regions[i]`` ``(4,)`` is the part of ``images[i]`` treated as the picture to classify (the
     whole image for image classification, an object's box for object crops).
     """
-    from classifiers.crops import flip_crops, warp_crops
-
     all_boxes, all_flips = [], []
     for region in regions:
         x1, y1, x2, y2 = (float(v) for v in region)

@@ -18,7 +18,11 @@ from typing import Any, Literal
 
 import torch
 
-from classifiers.inception import GoogLeNet, GoogLeNetConfig, load_weights
+from classifiers.crops import context_padding
+from classifiers.inception import GoogLeNet, GoogLeNetConfig
+from classifiers.inception_weights import load_weights
+from detection.core.checkpoints import CheckpointError, load_checkpoint
+from detection.core.config_io import from_dict
 
 __all__ = ["RegionClassifierConfig", "build_region_classifier", "load_member", "MEMBER_KIND"]
 
@@ -62,7 +66,7 @@ class RegionClassifierConfig:
         )
 
     def padding(self) -> int:
-        return self.context_padding if self.context_padding is not None else round(16 * self.crop_size / 224)
+        return context_padding(self.crop_size, self.context_padding)
 
     def architecture(self) -> dict[str, Any]:
         """The fields a checkpoint must agree on to be loaded into this network."""
@@ -89,9 +93,6 @@ def load_member(path: str | Path, classes: list[str], device: torch.device | str
         detection.core.checkpoints.CheckpointError: another kind of checkpoint, another class list,
             or weights that do not fit the stored architecture; the message names the file.
     """
-    from detection.core.checkpoints import CheckpointError, load_checkpoint
-    from detection.core.config_io import from_dict
-
     payload = load_checkpoint(path, MEMBER_KIND, classes=classes, map_location="cpu")
     try:
         config = from_dict(RegionClassifierConfig, payload["config"]["classifier"], f"{path}:classifier")

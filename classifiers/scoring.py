@@ -1,40 +1,14 @@
-"""Scoring warped crops with an ensemble of region classifiers: averaged softmax probabilities.
+"""The engine under :class:`classifiers.ensemble.Ensemble`: crops in, each member's softmax out.
 
-:class:`CropScorer` holds the ensemble ready for inference: each member is a private copy in eval
-mode, on the device, in channels_last, optionally compiled with ``torch.compile``, and it runs
-under ``torch.inference_mode`` with bfloat16 autocast where the hardware does bfloat16 natively
-(:func:`detection.core.devices.bf16_supported`). Softmax is taken in float32 and averaged over members,
-as the paper averages its six networks. :meth:`CropScorer.score_with_features` also returns
-each member's pooled features from the same forward pass (what box regression reads, see
-:mod:`classifiers.box_regression`).
-
-What was measured (``benchmarks/bench_scoring.py``, full-width GoogLeNet at 224 px, 2 threads):
-
-* On a 2-core CPU with AMX-BF16 (bfloat16 ``torch.mm`` ~2.1 TFLOP/s, float32 ~0.35): eager
-  bfloat16 autocast scores ~125-150 crops/s, the compiled path (members with weights frozen in,
-  crops cut by a compiled :func:`classifiers.crops.gather_crops`) ~210-240 crops/s, against ~50
-  for a naive per-crop OpenCV warp + float32 NCHW loop (whole path: warp, forward, softmax). The compiled forward pass alone runs at
-  ~320-360 crops/s (50-57% of the matrix peak; oneDNN's convolutions reach ~80% of it, pooling
-  and concatenation take the rest); the eager ``roi_align`` and the copies to channels_last and
-  bfloat16 after it cost about as much again, which is why compiled scorers cut crops with the
-  compiled gather instead. A cold compile takes 15-50 s per member and batch shape there, and
-  freezing gave +18% in one forward-only measurement and nothing the noise would show in the
-  whole-path benchmark; :class:`classifiers.ensemble.Ensemble` compiles with it.
-* On a 2-core AVX2 CPU without native bfloat16, eager channels_last beats NCHW by ~1.6x, small
-  batches are best (16 crops: ~34 crops/s; 128: ~23), ``torch.compile`` gained up to ~1.15x, a
-  cold compile took 40-90 s per member and batch shape, and bfloat16 autocast was several times
-  slower than float32 (:func:`detection.core.devices.bf16_supported` keeps it off there).
-* ``compile=False`` is the default. A dynamic batch dimension compiled for minutes and ran no
-  faster than eager, which is why compiled members get a fixed batch shape: the last, partial
-  batch is padded with zeros and the padding's scores dropped.
-* Running the members as one computation (``torch.func.stack_module_state`` + ``vmap``) turns
-  every convolution into a grouped one, which ran ~7x slower per member on the CPU; it is not
-  used: members run one after the other on each batch.
-
-Each member is a private copy of the caller's model. Before every call the scorer compares the
-caller's parameters' in-place version counters with those it copied; a model changed since (an
-optimizer step, ``load_state_dict``) is copied (and compiled) again, so frozen constants can
-never go stale.
+:class:`CropScorer` holds every member ready for inference: a private copy in eval mode on the
+device, in channels_last, under ``torch.inference_mode``, in bfloat16 autocast where the hardware
+does bfloat16 natively (:func:`detection.core.devices.bf16_supported`), optionally compiled with
+its weights frozen in. Crops go through in fixed batches (16 on a CPU, where small batches stay
+in cache; 128 on a GPU); compiled members keep one static batch shape, the last batch padded.
+Members run one after the other on each batch (stacking them with ``vmap`` turns every
+convolution into a grouped one, which is slower on a CPU). A member whose source model changed
+since it was copied (an optimizer step) is copied again before scoring, so frozen weights never
+go stale. What each path measures is printed by ``benchmarks/bench_scoring.py``.
 """
 
 from __future__ import annotations
@@ -62,7 +36,7 @@ from classifiers.crops import (
 )
 from detection.core.devices import bf16_supported, resolve_device
 
-__all__ = ["CropScorer", "score_crops"]
+__all__ = ["CropScorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +79,7 @@ def _param_versions(model: nn.Module) -> tuple[int, ...]:
     return tuple(t._version for t in (*model.parameters(), *model.buffers()))
 
 
-class _Member:
+class _ScoringMember:
     """One ensemble member: the caller's model, the copy that runs, and how to run it."""
 
     def __init__(self, source: nn.Module, device: torch.device, channels_last: bool, compile: bool, mode: str | None) -> None:
@@ -160,14 +134,14 @@ class CropScorer:
     Args:
         models: the ensemble members, each mapping ``(B, 3, S, S)`` to logits ``(B, C + 1)``
             in eval mode (e.g. :class:`classifiers.inception.GoogLeNet`); for
-            :meth:`score_with_features` they also need ``forward_with_features`` and
+            :meth:`score` with features they also need ``forward_with_features`` and
             ``num_features``. They are copied; the originals are left as they are (mode,
             device, memory format).
         device: where to score: a torch device or ``"auto"``/``"cpu"``/``"cuda"``.
         batch_size: crops per forward pass; None: 16 on the CPU (measured best: a small batch's
             activations stay in cache), 128 on a GPU.
-        compile: run each member through ``torch.compile`` (see the module note for when it
-            pays).
+        compile: run each member through ``torch.compile`` (it pays on large networks and
+            large jobs, not on narrow members).
         compile_mode: ``mode`` for ``torch.compile`` (None: its default).
         freeze: with ``compile``, let inductor fold the weights in as constants (freezing).
         bf16: bfloat16 autocast; None: where :func:`detection.core.devices.bf16_supported` says it is
@@ -204,7 +178,7 @@ class CropScorer:
             import torch._dynamo.config as dynamo_config
 
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * len(models) + 8)
-        self.members = [_Member(m, self.device, channels_last, compile, compile_mode) for m in models]
+        self.members = [_ScoringMember(m, self.device, channels_last, compile, compile_mode) for m in models]
         self._warp: Callable[..., Tensor] | None = None
 
     @property
@@ -243,32 +217,15 @@ class CropScorer:
         return self.score(crops)
 
     @torch.inference_mode()
-    def score(self, crops: Tensor, per_member: bool = False) -> Tensor:
+    def score(self, crops: Tensor, per_member: bool = False, with_features: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Mean softmax over members: crops ``(K, 3, S, S)`` (normalised) -> ``(K, C + 1)`` float32.
 
-        ``per_member=True`` keeps the members apart: ``(M, K, C + 1)``. The crops may live
-        anywhere; each batch moves to the device. The result is on the device.
+        ``per_member=True`` keeps the members apart: ``(M, K, C + 1)``. ``with_features=True``
+        returns ``(M, K, C + 1)`` and each member's pooled features ``(K, D_m)`` from the same
+        pass (the input of its final linear layer, ``GoogLeNet.forward_with_features``). The
+        crops may live anywhere; each batch moves to the device, and the result is there.
         """
-        probabilities, _ = self._run(self._slices(crops), _side(crops), with_features=False)
-        return probabilities if per_member else probabilities.mean(dim=0)
-
-    @torch.inference_mode()
-    def score_with_features(self, crops: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Per-member softmax and pooled features of crops ``(K, 3, S, S)``, from one pass.
-
-        Returns:
-            probabilities ``(M, K, C + 1)`` float32 (as ``score(crops, per_member=True)``) and a
-            list of M feature tensors ``(K, D_m)`` float32 (the input of each member's final
-            linear layer, see ``GoogLeNet.forward_with_features``), all on the device.
-        """
-        return self._run(self._slices(crops), _side(crops), with_features=True)
-
-    @staticmethod
-    def _num_features(model: nn.Module) -> int:
-        """Width of a model's pooled features, for an empty result."""
-        if not hasattr(model, "num_features"):
-            raise TypeError(f"{type(model).__name__} has no num_features: it cannot give pooled features")
-        return int(model.num_features)  # type: ignore[arg-type]
+        return self._result(self._run(self._slices(crops), _side(crops), with_features), per_member, with_features)
 
     @torch.inference_mode()
     def score_boxes(
@@ -281,39 +238,31 @@ class CropScorer:
         std: Sequence[float] = IMAGENET_STD,
         sampling_ratio: int = 1,
         per_member: bool = False,
-    ) -> Tensor:
+        with_features: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Warp and score every box of every image, a batch of crops at a time.
 
         The images go to the device once (:func:`classifiers.crops.images_to_canvas`); each batch
         of crops is cut in one call (see :meth:`_cut`) and scored, so the crops of all boxes
-        never exist at once. Geometry and arguments as in :func:`classifiers.crops.warp_crops`.
-
-        Returns:
-            ``(K, C + 1)`` float32 on the device, ``K = sum_i B_i``, image-major, box order kept;
-            ``(M, K, C + 1)`` with ``per_member=True``.
+        never exist at once. Geometry as in :func:`classifiers.crops.warp_crops`; results as in
+        :meth:`score`, ``K = sum_i B_i``, image-major, box order kept.
         """
         batches = self._box_batches(images, boxes_per_image, size, padding, mean, std, sampling_ratio)
-        probabilities, _ = self._run(batches, size, with_features=False)
+        return self._result(self._run(batches, size, with_features), per_member, with_features)
+
+    @staticmethod
+    def _result(outputs: tuple[Tensor, list[Tensor]], per_member: bool, with_features: bool) -> Tensor | tuple[Tensor, list[Tensor]]:
+        probabilities, features = outputs
+        if with_features:
+            return probabilities, features
         return probabilities if per_member else probabilities.mean(dim=0)
 
-    @torch.inference_mode()
-    def score_boxes_with_features(
-        self,
-        images: Sequence[ImageLike],
-        boxes_per_image: Sequence[BoxesLike],
-        size: int = RCNN_SIZE,
-        padding: int | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        sampling_ratio: int = 1,
-    ) -> tuple[Tensor, list[Tensor]]:
-        """:meth:`score_boxes` with the members' pooled features, as :meth:`score_with_features` gives them.
-
-        Returns:
-            probabilities ``(M, K, C + 1)`` and M feature tensors ``(K, D_m)``, float32 on the device.
-        """
-        batches = self._box_batches(images, boxes_per_image, size, padding, mean, std, sampling_ratio)
-        return self._run(batches, size, with_features=True)
+    @staticmethod
+    def _num_features(model: nn.Module) -> int:
+        """Width of a model's pooled features, for an empty result."""
+        if not hasattr(model, "num_features"):
+            raise TypeError(f"{type(model).__name__} has no num_features: it cannot give pooled features")
+        return int(model.num_features)  # type: ignore[arg-type]
 
     def _slices(self, crops: Tensor) -> Iterator[Tensor]:
         """Ready crops ``(K, 3, S, S)``, ``batch_size`` at a time, on the device."""
@@ -386,19 +335,3 @@ class CropScorer:
 def _side(crops: Tensor) -> int:
     """Crop side of a ``(K, 3, S, S)`` batch, for the shape of an empty result."""
     return crops.shape[-1] if crops.dim() == 4 else RCNN_SIZE
-
-
-def score_crops(
-    models: nn.Module | Sequence[nn.Module],
-    crops: Tensor,
-    batch_size: int | None = None,
-    device: torch.device | str = "auto",
-    bf16: bool | None = None,
-) -> Tensor:
-    """One-off eager scoring: mean softmax of ``models`` over ``crops`` ``(K, 3, S, S)`` -> ``(K, C + 1)``.
-
-    A convenience over :class:`CropScorer` without compilation; keep a scorer instead when
-    scoring repeatedly, above all with ``compile=True``.
-    """
-    members = [models] if isinstance(models, nn.Module) else list(models)
-    return CropScorer(members, device=device, batch_size=batch_size, bf16=bf16)(crops)

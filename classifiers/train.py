@@ -373,7 +373,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 @dataclass
-class _Member:
+class _TrainingMember:
     """Everything that changes while a member trains."""
 
     model: GoogLeNet
@@ -414,7 +414,7 @@ def _check_resumable(path: Path, payload: dict[str, Any], expected: dict[str, An
             )
 
 
-def _new_member(classifier: RegionClassifierConfig, train: TrainConfig, num_classes: int, device: torch.device) -> _Member:
+def _new_member(classifier: RegionClassifierConfig, train: TrainConfig, num_classes: int, device: torch.device) -> _TrainingMember:
     """Initial weights from ``train.seed`` (shared by all members), the optimizer and the average."""
     torch.manual_seed(train.seed)
     model = prepare_model(build_region_classifier(classifier, num_classes), device)
@@ -424,10 +424,10 @@ def _new_member(classifier: RegionClassifierConfig, train: TrainConfig, num_clas
         optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    return _Member(model, averaged, optimizer)
+    return _TrainingMember(model, averaged, optimizer)
 
 
-def _save(path: Path, run_config: dict[str, Any], classes: list[str], state: _Member, device: torch.device, finished: bool, info: dict[str, Any]) -> None:
+def _save(path: Path, run_config: dict[str, Any], classes: list[str], state: _TrainingMember, device: torch.device, finished: bool, info: dict[str, Any]) -> None:
     """Write the member file atomically; resume state is kept until the member is finished."""
     extra: dict[str, Any] = {"epoch": state.epoch, "finished": finished, "history": state.history, "n_averaged": int(state.averaged.n_averaged), **info}
     if not finished:
@@ -441,7 +441,7 @@ def _save(path: Path, run_config: dict[str, Any], classes: list[str], state: _Me
     save_checkpoint(path, MEMBER_KIND, run_config, classes, state.averaged.module.state_dict(), extra)
 
 
-def _restore(path: Path, payload: dict[str, Any], state: _Member, device: torch.device) -> None:
+def _restore(path: Path, payload: dict[str, Any], state: _TrainingMember, device: torch.device) -> None:
     """Load an unfinished member's resume state into ``state`` (and the global RNGs)."""
     extra = payload["extra"]
     missing = [k for k in ("live_model", "optimizer", "rng", "epoch", "n_averaged") if k not in extra]
@@ -515,7 +515,7 @@ def _rank_dropout_seed(train: TrainConfig, member: int, epoch: int, rank: int) -
 
 
 def _run_epoch(
-    state: _Member,
+    state: _TrainingMember,
     sampler: WindowSampler,
     source: _ImageSource,
     classifier: RegionClassifierConfig,

@@ -14,13 +14,23 @@ detections exactly as ``rcnn detect`` does.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from classifiers.ensemble import Ensemble, member_paths, parse_members
+from classifiers.region_classifier import MEMBER_KIND
+from detection.config import Config
+from detection.core.checkpoints import load_checkpoint
+from detection.core.config_io import from_dict
 from detection.data.images import read_image
+from detection.pipeline import image_detections
+from proposals.multibox import MultiBoxProposer
+from proposals.propose import proposals_for_image
 
 __all__ = ["Detector", "DetectionResult"]
 
@@ -44,16 +54,11 @@ class Detector:
         self.multibox = multibox
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, members: str = "all", device: str = "auto") -> Detector:
-        """Load the config, members and MultiBox network a ``rcnn bench detection`` run left."""
-        import dataclasses
+    def from_run(cls, run_dir: str | Path, members: str | Sequence[int] = "all", device: str = "auto") -> Detector:
+        """Load the config, members and MultiBox network a ``rcnn bench detection`` run left.
 
-        from classifiers.ensemble import Ensemble, member_paths
-        from classifiers.region_classifier import MEMBER_KIND
-        from detection.core.checkpoints import load_checkpoint
-        from detection.config import Config
-        from detection.core.config_io import from_dict
-
+        ``members``: member indices, or a ``--members`` string (``all``, a count, ``0,2,5``).
+        """
         run_dir = Path(run_dir)
         config_path = run_dir / "config.yaml"
         if not config_path.is_file():
@@ -62,11 +67,10 @@ class Detector:
         paths = member_paths(run_dir / "members")
         classes = load_checkpoint(next(iter(paths.values())), MEMBER_KIND)["classes"]
         regression = config.box_regression.enabled
-        ensemble = Ensemble.from_dir(run_dir / "members", classes, members, device, config.detection.memory_budget_mb, box_regression=regression)
+        chosen = parse_members(members, list(paths)) if isinstance(members, str) else list(members)
+        ensemble = Ensemble.from_dir(run_dir / "members", classes, chosen, device, config.detection.memory_budget_mb, box_regression=regression)
         multibox = None
         if config.proposals.method in ("multibox", "merged"):
-            from proposals.multibox import MultiBoxProposer
-
             checkpoint = config.proposals.multibox_checkpoint or str(run_dir / "multibox" / "multibox.pt")
             multibox = MultiBoxProposer.from_checkpoint(checkpoint, device=device, top_k=config.proposals.top_k)
             config = dataclasses.replace(config, proposals=dataclasses.replace(config.proposals, multibox_checkpoint=checkpoint))
@@ -78,20 +82,17 @@ class Detector:
 
     def __call__(self, image: np.ndarray | str | Path) -> DetectionResult:
         """Detect objects in a uint8 RGB ``(H, W, 3)`` array or an image file."""
-        from detection.pipeline import image_detections
-        from proposals.propose import proposals_for_image
-
         if not isinstance(image, np.ndarray):
             image = read_image(image)
         proposals = proposals_for_image("image", image, self.config.proposals, self.multibox)
-        if self.ensemble.regressors is not None:
-            # The run used box regression: the members' mean deltas move each class's boxes.
-            scored, deltas = self.ensemble.score_with_deltas([image], [proposals.boxes])
-            probabilities = scored[0].numpy().mean(axis=0)
-            mean_deltas = deltas[0].numpy().astype(np.float32).mean(axis=0)
+        # With box regression (when the run used it) the members' mean deltas move each class's boxes.
+        regression = self.ensemble.regressors is not None
+        scores = self.ensemble.score([image], [proposals.boxes], deltas=regression)[0]
+        probabilities = scores.probabilities.numpy().mean(axis=0)
+        if regression:
+            mean_deltas = scores.deltas.numpy().astype(np.float32).mean(axis=0)  # type: ignore[union-attr]
             detections = image_detections("image", proposals.boxes, probabilities, self.config.detection, mean_deltas, image.shape[:2])
         else:
-            probabilities = self.ensemble.score([image], [proposals.boxes])[0].numpy().mean(axis=0)
             detections = image_detections("image", proposals.boxes, probabilities, self.config.detection)
         order = np.argsort(-detections.scores, kind="stable")
         return DetectionResult(detections.boxes[order], [self.classes[k] for k in detections.labels[order]], detections.scores[order])

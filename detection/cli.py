@@ -8,6 +8,10 @@ prints results to stdout, so ``rcnn evaluate ... | tail -1`` gives the ``mAP:`` 
 each process joins the process group (:mod:`detection.core.distributed`) for the command and takes
 its share of the cores; rank 0 alone prints, writes the results and logs below warnings, and
 every log line says which rank wrote it.
+
+Each command imports its stage inside its run function, on purpose: ``rcnn propose`` starts
+Selective Search workers with ``spawn``, which re-import this module, and they (like ``rcnn
+evaluate``) must not pay seconds for torch.
 """
 
 from __future__ import annotations
@@ -182,19 +186,21 @@ def _add_detect(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    from detection.core import distributed
+    from classifiers.ensemble import member_paths, parse_members
     from detection.config import load_config
+    from detection.core import distributed
     from detection.data.datasets import load_dataset
     from detection.data.detection_files import write_coco_results, write_detections
     from detection.pipeline import detections_from_scores, fill_score_cache, load_member_scores
 
     config = load_config(args.config, args.set)
     dataset = load_dataset(args.data)
+    members = parse_members(args.members, list(member_paths(args.checkpoints)))
     scores_dir = args.scores or args.out.with_suffix(".scores")
     with _torchrun_group(args.device, config.train.num_threads):
         # Under torchrun every rank scores its share of the chunks; the call returns when all are done.
         chosen = fill_score_cache(
-            dataset, args.proposals, args.checkpoints, scores_dir, args.members, args.device, config.detection,
+            dataset, args.proposals, args.checkpoints, scores_dir, members, args.device, config.detection,
             progress=distributed.is_main(), box_regression=config.box_regression.enabled,
         )
         if not distributed.is_main():
@@ -284,15 +290,6 @@ def _run_train_multibox(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_member_list(spec: str) -> list[int]:
-    """``6`` -> members 0..5; ``0,2,5`` -> those members."""
-    if "," in spec:
-        return [int(part) for part in spec.split(",") if part.strip()]
-    if spec.isdigit() and int(spec) >= 1:
-        return list(range(int(spec)))
-    raise ValueError(f"--members {spec!r}: give a count (6) or indices (0,2,5)")
-
-
 def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="SPEC", help="training set")
     parser.add_argument("--proposals", required=True, type=Path, metavar="DIR", help="proposal store of the training set")
@@ -304,14 +301,16 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from classifiers.box_regression_train import fit_box_regressors
+    from classifiers.ensemble import parse_members
     from classifiers.train import train_members
-    from detection.core import distributed
     from detection.config import load_config
+    from detection.core import distributed
     from detection.data.datasets import load_dataset
     from proposals.store import ProposalStore
 
     config = load_config(args.config, args.set)
-    members = parse_member_list(args.members) if args.members else None
+    members = parse_members(args.members) if args.members else None
     train = config.train
     if members and max(members) >= train.members:
         train = dataclasses.replace(train, members=max(members) + 1)
@@ -321,8 +320,6 @@ def _run_train(args: argparse.Namespace) -> int:
     with _torchrun_group(device, train.num_threads):
         paths = train_members(dataset, proposals, config.classifier, train, args.out, members, device, progress=distributed.is_main())
         if config.box_regression.enabled:
-            from classifiers.box_regression import fit_box_regressors
-
             chosen = members if members is not None else list(range(train.members))
             fit_box_regressors(dataset, proposals, config.box_regression, args.out, chosen, device, distributed.is_main(), train.num_threads)
         if distributed.is_main():
@@ -378,10 +375,12 @@ def _run_bench(args: argparse.Namespace) -> int:
         print((args.out / "report.md").read_text())
         return 0
     if args.bench == "classification":
+        from classifiers.ensemble import member_paths, parse_members
         from detection.bench.classification import run_classification_track
         from detection.data.datasets import load_dataset
 
-        report = run_classification_track(load_dataset(args.data), args.checkpoints, args.members, tuple(args.crops), args.max_items, device=args.device)
+        members = parse_members(args.members, list(member_paths(args.checkpoints)))
+        report = run_classification_track(load_dataset(args.data), args.checkpoints, members, tuple(args.crops), args.max_items, device=args.device)
         print(report.table())
         if args.out:
             write_text(args.out / "classification.md", report.table() + "\n")

@@ -1,31 +1,16 @@
 """Detection: proposals -> warped crops -> ensemble probabilities -> per-class NMS -> detections.
 
-The expensive part, scoring every proposal with every member, is kept on disk per member
-(``scores/`` beside the detections: chunks of images, written atomically, with the identity of
-the data, the proposal store and the member checkpoints in ``meta.json``). A rerun resumes at
-the first missing chunk, and any subset of the scored members gives its detections without
-running a network again: that is how single-model and ensemble results come from one scoring
-pass.
+Scoring every proposal with every member is the expensive part, so its result is kept on disk
+per member (``scores/``: chunks of images written atomically, and in ``meta.json`` the identity
+of the data, the proposal store, the member checkpoints and, with box regression, the
+regressors). A rerun resumes at the first missing chunk, and any subset of the members gives its
+detections without running a network again: single models and the ensemble come from one pass.
+Under ``torchrun`` rank ``r`` scores the chunks ``k`` with ``k % world_size == r``; a chunk's
+contents depend on ``k`` alone, so the detections equal a single process's.
 
-Under ``torchrun`` (see :mod:`detection.core.distributed`) the chunks are shared out: rank ``r`` scores
-the missing chunks ``k`` with ``k % world_size == r``, as ``rcnn propose --shard`` shares out
-proposal chunks. A chunk's images and their batches are fixed by the chunk index alone, so its
-file does not depend on which process wrote it, and the detections equal a single process's.
-Rank 0 writes ``meta.json`` before the others start; a last barrier waits for every chunk.
-
-Detections of an image, for each class c: proposals whose averaged probability of c is above
-``score_threshold``, per-class non-maximum suppression at ``nms_iou`` (R-CNN: 0.3), then the
-``max_per_image`` highest-scoring detections over all classes.
-
-Box regression (``box_regression.enabled``, not in the paper; :mod:`classifiers.box_regression`).
-Scoring then also keeps, per member, the class-specific deltas of every proposal (``deltas``
-``(M, B, C, 4)`` float16 in the same chunks, and ``image_sizes`` ``(n, 2)`` for clipping), and
-``meta.json`` records the regressors' file digests beside the members'. Detections of class c
-with regression use the proposals moved by the chosen members' mean deltas of c, clipped to the
-image, before the per-class NMS (R-CNN's order); scores are unchanged. Without it the chunks and
-``meta.json`` are exactly what they were before the option existed. Dense deltas cost
-``M x B x C x 8`` bytes per image: ~70 kB for BCCD's 3 classes, ~19 MB at ILSVRC's 200 classes
-with 6 members and 2000 proposals, which is one reason the paper preset leaves it off.
+Detections of an image, for each class c: proposals whose mean probability of c is above
+``score_threshold``, moved by the members' mean deltas of c when box regression is on (R-CNN's
+order), per-class NMS at ``nms_iou`` (R-CNN: 0.3), then the ``max_per_image`` best over all classes.
 """
 
 from __future__ import annotations
@@ -37,12 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from classifiers.box_regression import apply_deltas, regressor_path
+from classifiers.ensemble import Ensemble, member_paths
 from detection.core import distributed
 from detection.core.atomic import file_digest, write_json, write_npz
 from detection.core.boxes import batched_nms
 from detection.core.problems import DataError, WarningTally
-from detection.data.records import Dataset, Detections
+from detection.data.records import Dataset, Detections, ImageRecord
+from proposals.store import ImageProposals, ProposalStore
 
 __all__ = ["DetectConfig", "MemberScores", "fill_score_cache", "score_dataset", "load_member_scores", "detections_from_scores"]
 
@@ -59,9 +49,8 @@ class DetectConfig:
     images_per_batch: int = 2
     memory_budget_mb: float = 1024
     chunk_images: int = 16
-    # torch.compile the members (weights frozen in) and the crop warp: ~1.6x faster than eager
-    # bfloat16 for the full-width network at 224 px on a CPU with AMX (benchmarks/bench_scoring.py),
-    # after 15-90 s of compiling per member; no faster for narrow members on small crops.
+    # torch.compile the members (weights frozen in) and the crop warp: pays for the full-width
+    # network on large jobs, not for narrow members (the README's Speed section has the figures).
     compile: bool = False
 
 
@@ -88,20 +77,41 @@ def score_dataset(
     proposals_dir: str | Path,
     checkpoints_dir: str | Path,
     scores_dir: str | Path,
-    members: str = "all",
+    members: Sequence[int] | None = None,
     device: str = "auto",
     config: DetectConfig | None = None,
     progress: bool = True,
     box_regression: bool = False,
 ) -> MemberScores:
-    """Score every stored proposal with each chosen member, resuming from ``scores_dir``.
+    """Score every stored proposal with each member (indices; None: all), resuming from ``scores_dir``.
 
     Under torchrun every rank scores its share (:func:`fill_score_cache`) and then reads all
-    chunks back; where only one rank needs the scores, call the two steps separately. With
-    ``box_regression`` the members' deltas are kept too (see the module note).
+    chunks back; where only one rank needs the scores, call the two steps separately.
     """
     chosen = fill_score_cache(dataset, proposals_dir, checkpoints_dir, scores_dir, members, device, config, progress, box_regression)
     return load_member_scores(scores_dir, dataset, chosen)
+
+
+def _cache_identity(dataset: Dataset, store: ProposalStore, checkpoints_dir: Path, chosen: list[int], chunk_images: int, box_regression: bool) -> dict[str, object]:
+    """What a score cache was made from: data, proposals, member files (and regressors), chunking."""
+    paths = member_paths(checkpoints_dir)
+    identity: dict[str, object] = {
+        "dataset_fingerprint": dataset.fingerprint(),
+        "proposals": {"method": store.method, "params": store.params},
+        "members": {str(i): file_digest(paths[i]) for i in chosen},
+        "chunk_images": chunk_images,
+    }
+    if box_regression:
+        # Only when on, so that a cache scored without regression keeps its identity.
+        regressors = {i: regressor_path(checkpoints_dir, i) for i in chosen}
+        absent = [str(path) for path in regressors.values() if not path.is_file()]
+        if absent:
+            raise FileNotFoundError(
+                f"box regression is on but {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} missing: fit them with "
+                "`rcnn train` (box_regression.enabled: true) or `rcnn bench detection`"
+            )
+        identity["box_regressors"] = {str(i): file_digest(path) for i, path in regressors.items()}
+    return identity
 
 
 def _check_or_write_meta(scores_dir: Path, identity: dict[str, object]) -> None:
@@ -126,7 +136,7 @@ def fill_score_cache(
     proposals_dir: str | Path,
     checkpoints_dir: str | Path,
     scores_dir: str | Path,
-    members: str = "all",
+    members: Sequence[int] | None = None,
     device: str = "auto",
     config: DetectConfig | None = None,
     progress: bool = True,
@@ -135,97 +145,84 @@ def fill_score_cache(
     """Score the missing chunks of ``scores_dir`` (this rank's share under torchrun).
 
     Chunk ``k`` holds images ``[k * chunk_images, (k + 1) * chunk_images)`` scored in batches of
-    ``images_per_batch`` counted from the chunk's start: its contents depend on ``k`` only, so
-    which rank scores it does not matter. (One exception: after running out of memory the
-    ensemble keeps a smaller number of crops per forward pass for the rest of the process, and
-    passes of another size may round differently.) Returns the chosen member indices once
-    every rank is done (a barrier), so all chunks are on disk then.
-
-    With ``box_regression`` every chosen member needs its ``box_regressor{i}.pt`` beside it;
-    the chunks then also hold the members' deltas and the image sizes.
+    ``images_per_batch`` counted from the chunk's start, so which rank scores it does not matter
+    (except that after running out of memory the ensemble keeps smaller passes, which may round
+    differently). Returns the member indices once every rank is done (a barrier). With
+    ``box_regression`` the chunks also hold the members' deltas and the image sizes.
     """
-    from tqdm import tqdm
-
-    from classifiers.box_regression import regressor_path
-    from classifiers.ensemble import Ensemble, member_paths, parse_members
-    from proposals.store import ProposalStore
-
     config = config or DetectConfig()
-    scores_dir = Path(scores_dir)
+    scores_dir, checkpoints_dir = Path(scores_dir), Path(checkpoints_dir)
     store = ProposalStore.open(proposals_dir, dataset)
-    paths = member_paths(checkpoints_dir)
-    chosen = parse_members(members, list(paths))
-    identity = {
-        "dataset_fingerprint": dataset.fingerprint(),
-        "proposals": {"method": store.method, "params": store.params},
-        "members": {str(i): file_digest(paths[i]) for i in chosen},
-        "chunk_images": config.chunk_images,
-    }
-    if box_regression:
-        # Only when on, so that a cache scored without regression keeps its identity.
-        regressors = {i: regressor_path(checkpoints_dir, i) for i in chosen}
-        absent = [str(path) for path in regressors.values() if not path.is_file()]
-        if absent:
-            raise FileNotFoundError(
-                f"box regression is on but {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} missing: fit them with "
-                "`rcnn train` (box_regression.enabled: true) or `rcnn bench detection`"
-            )
-        identity["box_regressors"] = {str(i): file_digest(path) for i, path in regressors.items()}
-    _check_or_write_meta(scores_dir, identity)
-    proposals = store.load_all()
+    chosen = list(member_paths(checkpoints_dir)) if members is None else list(members)
+    _check_or_write_meta(scores_dir, _cache_identity(dataset, store, checkpoints_dir, chosen, config.chunk_images, box_regression))
     num_chunks = (len(dataset) + config.chunk_images - 1) // config.chunk_images
     rank, world = distributed.rank(), distributed.world_size()
-    todo = [k for k in range(num_chunks) if k % world == rank and not (scores_dir / f"chunk-{k:05d}.npz").is_file()]
-    tally = WarningTally(f"detect {dataset.spec}", logger)
-    ensemble = Ensemble.from_dir(checkpoints_dir, dataset.classes, members, device, config.memory_budget_mb, box_regression, config.compile) if todo else None
-    total = sum(min(config.chunk_images, len(dataset) - k * config.chunk_images) for k in todo)
-    bar = tqdm(total=total, desc="scoring", unit="img", disable=not progress or not todo or not distributed.is_main())
-    for chunk in todo:
-        indices = range(chunk * config.chunk_images, min(len(dataset), (chunk + 1) * config.chunk_images))
-        ids, boxes, probabilities, deltas, sizes = [], [], [], [], []
-        for batch_start in range(0, len(indices), config.images_per_batch):
-            batch = [dataset[i] for i in indices[batch_start : batch_start + config.images_per_batch]]
-            images, batch_boxes = [], []
-            for record in batch:
-                item = proposals[record.image_id]
-                image = None
-                if item.error:
-                    tally.warn("image without proposals (its proposal step failed), no detections", record.image_id, item.error)
-                else:
-                    try:
-                        image = dataset.load_image(record)
-                    except DataError as error:
-                        tally.warn("unreadable image, no detections", error.path, error.fault)
-                box_array = item.boxes if image is not None else np.zeros((0, 4), np.float32)
-                images.append(image if image is not None else np.zeros((1, 1, 3), np.uint8))
-                batch_boxes.append(box_array)
-            if box_regression:
-                scored, batch_deltas = ensemble.score_with_deltas(images, batch_boxes)  # type: ignore[union-attr]
-                deltas += [d.numpy().astype(np.float16) for d in batch_deltas]
-                sizes += [image.shape[:2] for image in images]
-            else:
-                scored = ensemble.score(images, batch_boxes)  # type: ignore[union-attr]
-            for record, box_array, member_probabilities in zip(batch, batch_boxes, scored):
-                ids.append(record.image_id)
-                boxes.append(box_array)
-                probabilities.append(member_probabilities.numpy().astype(np.float16))
-            bar.update(len(batch))
-        counts = np.array([len(b) for b in boxes], dtype=np.int64)
-        arrays = {
-            "image_ids": np.array(ids, dtype=str),
-            "offsets": np.concatenate([[0], np.cumsum(counts)]),
-            "boxes": np.concatenate(boxes + [np.zeros((0, 4), np.float32)]).astype(np.float32),
-            "probabilities": np.concatenate(probabilities + [np.zeros((len(chosen), 0, dataset.num_classes + 1), np.float16)], axis=1),
-        }
-        if box_regression:
-            arrays["deltas"] = np.concatenate(deltas + [np.zeros((len(chosen), 0, dataset.num_classes, 4), np.float16)], axis=1)
-            arrays["image_sizes"] = np.array(sizes, dtype=np.int64).reshape(-1, 2)
-        write_npz(scores_dir / f"chunk-{chunk:05d}.npz", **arrays)
-    bar.close()
-    tally.log_summary()
+    todo = [k for k in range(num_chunks) if k % world == rank and not _chunk_path(scores_dir, k).is_file()]
+    if todo:
+        proposals = store.load_all()
+        ensemble = Ensemble.from_dir(checkpoints_dir, dataset.classes, chosen, device, config.memory_budget_mb, box_regression, config.compile)
+        tally = WarningTally(f"detect {dataset.spec}", logger)
+        total = sum(len(_chunk_indices(dataset, config, k)) for k in todo)
+        with tqdm(total=total, desc="scoring", unit="img", disable=not progress or not distributed.is_main()) as bar:
+            for chunk in todo:
+                arrays = _score_chunk(dataset, _chunk_indices(dataset, config, chunk), proposals, ensemble, config, box_regression, tally, bar)
+                write_npz(_chunk_path(scores_dir, chunk), **arrays)
+        tally.log_summary()
     # Every chunk is on disk once all ranks arrive here.
     distributed.barrier()
     return chosen
+
+
+def _chunk_path(scores_dir: Path, chunk: int) -> Path:
+    return scores_dir / f"chunk-{chunk:05d}.npz"
+
+
+def _chunk_indices(dataset: Dataset, config: DetectConfig, chunk: int) -> range:
+    return range(chunk * config.chunk_images, min(len(dataset), (chunk + 1) * config.chunk_images))
+
+
+def _image_and_boxes(dataset: Dataset, record: ImageRecord, item: ImageProposals, tally: WarningTally) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its proposals; a 1x1 stand-in and no boxes where either is missing (counted)."""
+    image = None
+    if item.error:
+        tally.warn("image without proposals (its proposal step failed), no detections", record.image_id, item.error)
+    else:
+        try:
+            image = dataset.load_image(record)
+        except DataError as error:
+            tally.warn("unreadable image, no detections", error.path, error.fault)
+    if image is None:
+        return np.zeros((1, 1, 3), np.uint8), np.zeros((0, 4), np.float32)
+    return image, item.boxes
+
+
+def _score_chunk(
+    dataset: Dataset, indices: range, proposals: dict[str, ImageProposals], ensemble: Ensemble, config: DetectConfig, box_regression: bool, tally: WarningTally, bar: tqdm
+) -> dict[str, np.ndarray]:
+    """The arrays of one chunk file: ids, box offsets, boxes, float16 probabilities (and deltas, sizes)."""
+    ids, boxes, probabilities, deltas, sizes = [], [], [], [], []
+    for batch_start in range(0, len(indices), config.images_per_batch):
+        batch = [dataset[i] for i in indices[batch_start : batch_start + config.images_per_batch]]
+        images, batch_boxes = zip(*(_image_and_boxes(dataset, record, proposals[record.image_id], tally) for record in batch))
+        for record, box_array, image, scores in zip(batch, batch_boxes, images, ensemble.score(images, batch_boxes, deltas=box_regression)):
+            ids.append(record.image_id)
+            boxes.append(box_array)
+            probabilities.append(scores.probabilities.numpy().astype(np.float16))
+            if box_regression:
+                deltas.append(scores.deltas.numpy().astype(np.float16))  # type: ignore[union-attr]
+                sizes.append(image.shape[:2])
+        bar.update(len(batch))
+    members, num_classes = len(ensemble.member_ids), dataset.num_classes
+    arrays = {
+        "image_ids": np.array(ids, dtype=str),
+        "offsets": np.concatenate([[0], np.cumsum(np.array([len(b) for b in boxes], dtype=np.int64))]),
+        "boxes": np.concatenate(boxes + [np.zeros((0, 4), np.float32)]).astype(np.float32),
+        "probabilities": np.concatenate(probabilities + [np.zeros((members, 0, num_classes + 1), np.float16)], axis=1),
+    }
+    if box_regression:
+        arrays["deltas"] = np.concatenate(deltas + [np.zeros((members, 0, num_classes, 4), np.float16)], axis=1)
+        arrays["image_sizes"] = np.array(sizes, dtype=np.int64).reshape(-1, 2)
+    return arrays
 
 
 def load_member_scores(scores_dir: str | Path, dataset: Dataset, member_ids: list[int]) -> MemberScores:
@@ -275,10 +272,6 @@ def image_detections(
     scores = class_scores[box_index, label]
     candidates = boxes[box_index]
     if deltas is not None:
-        import torch
-
-        from classifiers.box_regression import apply_deltas
-
         # Only the candidates are moved: with many classes most (box, class) pairs are below the threshold.
         moved = apply_deltas(torch.from_numpy(np.asarray(candidates, np.float32)), torch.from_numpy(np.asarray(deltas[box_index, label], np.float32)), image_size)
         candidates = moved.numpy()

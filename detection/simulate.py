@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from detection.core import boxes as box_ops
+from detection.data.datasets import load_dataset
+from detection.data.detection_files import write_detections
 from detection.data.records import Dataset, Detections
+from eval.detection import evaluate
 
 __all__ = ["simulate_detections", "run_simulation"]
 
@@ -68,10 +71,6 @@ def simulate_detections(
 
 def run_simulation(spec: str, out_dir: Path, seed: int = 0) -> int:
     """Score simulated detections on ``spec`` under every protocol; print the tables."""
-    from detection.data.datasets import load_dataset
-    from detection.data.detection_files import write_detections
-    from eval.detection import evaluate
-
     dataset = load_dataset(spec)
     detections = simulate_detections(dataset, seed=seed)
     path = write_detections(Path(out_dir) / "detections.json", detections, dataset.classes)

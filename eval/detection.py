@@ -63,7 +63,7 @@ import numpy as np
 
 from detection.data.records import Dataset, Detections
 
-__all__ = ["PROTOCOLS", "DetectionResult", "evaluate"]
+__all__ = ["PROTOCOLS", "EvaluationResult", "evaluate"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ _BlockMatcher = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
-class DetectionResult:
+class EvaluationResult:
     """Average precision of one evaluation.
 
     ``per_class_ap`` holds only classes with at least one positive under the protocol; ``map`` is
@@ -177,7 +177,7 @@ def evaluate(
     protocol: str = "ilsvrc",
     iou: float = 0.5,
     max_dets: int = 100,
-) -> DetectionResult:
+) -> EvaluationResult:
     """Average precision per class and its mean under ``protocol`` (see the module note).
 
     Args:
@@ -254,7 +254,7 @@ def _protocol_rule(protocol: str, truth: _GroundTruth, iou: float) -> tuple[np.n
 
 def _result(
     classes: list[str], protocol: str, iou: float, ap: np.ndarray, num_positives: np.ndarray, num_found: np.ndarray
-) -> DetectionResult:
+) -> EvaluationResult:
     """Assemble the result from per-class arrays ``(C,)``; ``ap`` is NaN where a class has no positives."""
     per_class = {name: float(ap[c]) for c, name in enumerate(classes) if num_positives[c] > 0}
     without = [name for c, name in enumerate(classes) if num_positives[c] == 0]
@@ -263,7 +263,7 @@ def _result(
     else:
         logger.warning("no class has ground truth under %s; reporting mAP 0", protocol)
         mean_ap = 0.0
-    return DetectionResult(
+    return EvaluationResult(
         protocol=protocol,
         iou=float(iou),
         map=mean_ap,

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from classifiers.inception import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, GoogLeNetConfig
+from classifiers.inception_weights import load_weights
 from detection.core.boxes import nms
 from detection.core.checkpoints import CheckpointError, load_checkpoint
 from detection.core.config_io import ConfigError, from_dict, to_dict
@@ -68,10 +70,10 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_KIND = "multibox"
 CHECKPOINT_NAME = "multibox.pt"
 
-#: ImageNet statistics: the inputs are normalised as torchvision's classifiers expect, so a
-#: trunk initialised from ImageNet weights sees what it was trained on.
-IMAGE_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGE_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+#: Inputs are normalised as torchvision's classifiers expect, so a trunk initialised from
+#: ImageNet weights sees what it was trained on.
+IMAGE_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+IMAGE_STD = np.array(IMAGENET_STD, dtype=np.float32)
 
 #: Boxes narrower or lower than this many pixels (after clipping) are not proposals.
 MIN_BOX_SIDE = 1.0
@@ -118,7 +120,7 @@ class MultiBoxConfig:
     Model and loss:
         weights: trunk initialisation: None (random), ``"imagenet"`` (torchvision's cached file)
             or a path to a GoogLeNet state_dict / checkpoint (its classifier is ignored); see
-            :func:`classifiers.inception.load_weights`.
+            :func:`classifiers.inception_weights.load_weights`.
         dropout: dropout on the pooled features before the two heads.
         alpha: weight of the location term against the confidence term (0.3 in the MultiBox paper).
         matching: ``"priors"``: ground truth is matched to the nearest priors (the MultiBox
@@ -205,8 +207,6 @@ def architecture_of(config: MultiBoxConfig | dict[str, Any]) -> dict[str, Any]:
 
 def backbone_config(config: MultiBoxConfig) -> Any:
     """The :class:`GoogLeNetConfig` of the trunk (auxiliary heads off; its classifier unused)."""
-    from classifiers.inception import GoogLeNetConfig
-
     b = config.backbone
     return GoogLeNetConfig(
         num_classes=1,
@@ -355,8 +355,6 @@ class MultiBox(nn.Module):
     """
 
     def __init__(self, config: MultiBoxConfig, priors: np.ndarray | Tensor | None = None) -> None:
-        from classifiers.inception import GoogLeNet
-
         super().__init__()
         k = config.num_priors
         self.num_priors = k
@@ -386,12 +384,10 @@ class MultiBox(nn.Module):
         nn.init.constant_(self.conf.bias, -float(np.log(max(self.num_priors - 1, 1))))
 
     def load_backbone_weights(self, weights: str | None) -> None:
-        """Initialise the trunk from ``weights`` (see :func:`classifiers.inception.load_weights`).
+        """Initialise the trunk from ``weights`` (see :func:`classifiers.inception_weights.load_weights`).
 
         None keeps the random initialisation. A file's classifier layers are ignored.
         """
-        from classifiers.inception import load_weights
-
         if weights is None:
             return
         if weights == "imagenet":

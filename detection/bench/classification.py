@@ -16,12 +16,16 @@ single model is one draw from that distribution); the "N models" rows average al
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from classifiers.ensemble import Ensemble
+from classifiers.multicrop import multicrop_batch
 from detection.core.problems import DataError, WarningTally
 from detection.data.records import Dataset
 from eval.classification import topk_error
@@ -86,7 +90,7 @@ def object_items(dataset: Dataset, max_items: int | None = None, seed: int = 0) 
 def run_classification_track(
     dataset: Dataset,
     checkpoints_dir: str | Path,
-    members: str = "all",
+    members: Sequence[int] | None = None,
     schemes: tuple[int, ...] = (1, 10, 144),
     max_items: int | None = 300,
     items_per_batch: int = 8,
@@ -94,19 +98,36 @@ def run_classification_track(
     seed: int = 0,
     progress: bool = True,
 ) -> ClassificationReport:
-    """Top-1/top-5 errors for every (members, crops) cell of Table 3's shape."""
-    from tqdm import tqdm
-
-    from classifiers.ensemble import Ensemble
-    from classifiers.multicrop import multicrop_batch
-
+    """Top-1/top-5 errors for every (members, crops) cell of Table 3's shape (members: indices, None: all)."""
     ensemble = Ensemble.from_dir(checkpoints_dir, dataset.classes, members, device)
     items = object_items(dataset, max_items, seed)
     if not items:
         raise ValueError(f"{dataset.spec}: no usable ground-truth objects to classify")
+    probabilities, usable = _item_probabilities(ensemble, dataset, items, schemes, items_per_batch, progress)
+    targets = np.array([label for _, _, label in items])[usable]
+    report = ClassificationReport(dataset.spec, int(usable.sum()), dataset.num_classes, ensemble.member_ids)
+    base_top1 = base_top5 = None
+    for models in sorted({1, len(ensemble.models)}):
+        for scheme in schemes:
+            probs = probabilities[scheme][:, usable]
+            if models == 1:
+                top1 = float(np.mean([topk_error(p, targets, 1) for p in probs]))
+                top5 = float(np.mean([topk_error(p, targets, 5) for p in probs]))
+            else:
+                averaged = probs.mean(axis=0)
+                top1, top5 = topk_error(averaged, targets, 1), topk_error(averaged, targets, 5)
+            base_top1 = top1 if base_top1 is None else base_top1
+            base_top5 = top5 if base_top5 is None else base_top5
+            report.rows.append(ClassificationRow(models, scheme, models * scheme, top1, top5, top5 - base_top5, top1 - base_top1))
+    return report
+
+
+def _item_probabilities(
+    ensemble: Ensemble, dataset: Dataset, items: list[tuple[int, np.ndarray, int]], schemes: tuple[int, ...], items_per_batch: int, progress: bool
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Per scheme, each member's class probabilities of each item ``(M, items, C)``, averaged over
+    the scheme's crops, and the ``(items,)`` mask of items whose image could be read."""
     tally = WarningTally(f"classification {dataset.spec}", logger)
-    size = ensemble.config.crop_size
-    # probabilities[scheme]: (M, items, C), averaged over that scheme's crops
     probabilities = {s: np.zeros((len(ensemble.models), len(items), dataset.num_classes)) for s in schemes}
     usable = np.ones(len(items), dtype=bool)
     cache: dict[int, np.ndarray] = {}
@@ -128,28 +149,18 @@ def run_classification_track(
             kept.append(i)
         for scheme in schemes:
             if kept:
-                crops = multicrop_batch(images, regions, scheme, size, ensemble.device)
-                member_probabilities = torch.cat([ensemble.score_crops(chunk) for chunk in crops.split(ensemble.crops_per_batch)], dim=1).numpy()
-                classes_only = member_probabilities[:, :, 1:]
-                classes_only /= np.clip(classes_only.sum(axis=2, keepdims=True), 1e-12, None)
-                per_item = classes_only.reshape(len(ensemble.models), len(kept), scheme, -1).mean(axis=2)
-                probabilities[scheme][:, kept] = per_item
+                probabilities[scheme][:, kept] = _scheme_probabilities(ensemble, images, regions, scheme)
             bar.update(len(batch))
     bar.close()
     tally.log_summary()
-    targets = np.array([label for _, _, label in items])[usable]
-    report = ClassificationReport(dataset.spec, int(usable.sum()), dataset.num_classes, ensemble.member_ids)
-    base_top1 = base_top5 = None
-    for models in sorted({1, len(ensemble.models)}):
-        for scheme in schemes:
-            probs = probabilities[scheme][:, usable]
-            if models == 1:
-                top1 = float(np.mean([topk_error(p, targets, 1) for p in probs]))
-                top5 = float(np.mean([topk_error(p, targets, 5) for p in probs]))
-            else:
-                averaged = probs.mean(axis=0)
-                top1, top5 = topk_error(averaged, targets, 1), topk_error(averaged, targets, 5)
-            base_top1 = top1 if base_top1 is None else base_top1
-            base_top5 = top5 if base_top5 is None else base_top5
-            report.rows.append(ClassificationRow(models, scheme, models * scheme, top1, top5, top5 - base_top5, top1 - base_top1))
-    return report
+    return probabilities, usable
+
+
+def _scheme_probabilities(ensemble: Ensemble, images: list[np.ndarray], regions: list[np.ndarray], scheme: int) -> np.ndarray:
+    """``(M, len(images), C)``: each member's class probabilities (background dropped, the rest
+    renormalised) of each picture, averaged over its ``scheme`` crops."""
+    crops = multicrop_batch(images, regions, scheme, ensemble.config.crop_size, ensemble.device)
+    member_probabilities = torch.cat([ensemble.score_crops(chunk) for chunk in crops.split(ensemble.crops_per_batch)], dim=1).numpy()
+    classes_only = member_probabilities[:, :, 1:]
+    classes_only /= np.clip(classes_only.sum(axis=2, keepdims=True), 1e-12, None)
+    return classes_only.reshape(len(ensemble.models), len(images), scheme, -1).mean(axis=2)

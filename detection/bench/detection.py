@@ -41,11 +41,21 @@ from typing import Any
 
 import yaml
 
-from detection.core.atomic import write_json, write_text
+from classifiers.box_regression_train import fit_box_regressors
+from classifiers.train import train_members
 from detection.config import Config, to_dict
+from detection.core.atomic import write_json, write_text
 from detection.data.datasets import load_dataset
 from detection.data.detection_files import write_detections
+from detection.data.records import Dataset, Detections
+from detection.pipeline import MemberScores, detections_from_scores, score_dataset
+from detection.visualize import write_gallery
+from eval.compare import bootstrap_map_difference, ensemble_size_curve, plot_size_curve
 from eval.detection import PROTOCOLS, evaluate
+from eval.recall import proposal_recall
+from proposals.multibox_train import train_multibox
+from proposals.propose import run_proposals
+from proposals.store import SOURCES, ProposalStore
 
 __all__ = ["run_detection_benchmark", "STAGE_INPUTS"]
 
@@ -147,104 +157,47 @@ class _Outcome:
     per_class: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _Run:
+    """What every stage of one benchmark run needs."""
+
+    config: Config
+    run_dir: Path
+    device: str
+    progress: bool
+    timer: _Timer
+    train_set: Dataset
+    test_set: Dataset
+
+
 def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = False, device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every stage for ``config`` in ``run_dir``; write and return the report."""
-    from classifiers.train import train_members
-    from detection.pipeline import detections_from_scores, score_dataset
-    from eval.compare import bootstrap_map_difference, ensemble_size_curve, plot_size_curve
-    from eval.recall import proposal_recall
-    from proposals.propose import run_proposals
-    from proposals.store import SOURCES, ProposalStore
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = device or config.device
     _prepare_run_dir(run_dir, config, force)
-    timer = _Timer(run_dir / "timings.json")
     train_set, test_set = load_dataset(config.data.train), load_dataset(config.data.test)
     if train_set.classes != test_set.classes:
         raise ValueError(f"train and test class lists differ: {train_set.classes} vs {test_set.classes}")
-
-    proposal_config = config.proposals
-    if proposal_config.method in ("multibox", "merged"):
-        from proposals.multibox_train import train_multibox
-
-        checkpoint = timer.run("multibox", lambda: train_multibox(config.multibox, train_set, run_dir / "multibox", device, progress))
-        proposal_config = dataclasses.replace(proposal_config, multibox_checkpoint=str(checkpoint))
-    for name, dataset in (("train", train_set), ("test", test_set)):
-        summary = timer.run(f"proposals_{name}", lambda d=dataset, n=name: run_proposals(d, proposal_config, run_dir / "proposals" / n, workers=config.bench.workers, device="cpu", progress=progress))
-        if summary.computed:
-            timer.times[f"proposals_{name}"]["seconds_per_image"] = summary.seconds_per_image
-    train_proposals = ProposalStore.open(run_dir / "proposals" / "train", train_set).load_all()
-    timer.run("members", lambda: train_members(train_set, train_proposals, config.classifier, config.train, run_dir / "members", device=device, progress=progress))
-    regression = config.box_regression.enabled
-    if regression:
-        from classifiers.box_regression import fit_box_regressors
-
-        timer.run(
-            "box_regression",
-            lambda: fit_box_regressors(train_set, train_proposals, config.box_regression, run_dir / "members", list(range(config.train.members)), device, progress, config.train.num_threads),
-        )
-    members_all = ",".join(str(i) for i in range(config.train.members)) + ","
-    scores = timer.run("scoring", lambda: score_dataset(test_set, run_dir / "proposals" / "test", run_dir / "members", run_dir / "detections" / "scores", members_all, device, config.detection, progress, regression))
-    num_proposals = sum(len(b) for b in scores.boxes)
-    scoring_seconds = timer.times["scoring"]["seconds"]
-
-    protocol, iou = config.evaluation.protocol, config.evaluation.iou
-    outcomes: list[_Outcome] = []
-    detections_of: dict[str, Any] = {}
-
-    def outcome(label: str, members: list[int], positions: list[int], box_regression: bool = False, stem: str | None = None) -> _Outcome:
-        detections = detections_from_scores(scores, config.detection, positions, box_regression)
-        write_detections(run_dir / "detections" / f"{stem or label}.json", detections, test_set.classes)
-        detections_of[label] = detections
-        results = {p: evaluate(test_set, detections, p, iou, config.evaluation.max_dets) for p in PROTOCOLS}
-        main = results[protocol]
-        return _Outcome(label, members, main.map, {p: r.map for p, r in results.items()}, main.per_class_ap)
-
-    for position, member in enumerate(scores.member_ids):
-        outcomes.append(outcome(f"member{member}", [member], [position]))
-    ensemble = outcome("ensemble", scores.member_ids, list(range(len(scores.member_ids))))
-    regressed = None
-    if regression:
-        regressed = outcome("ensemble + box regression", scores.member_ids, list(range(len(scores.member_ids))), True, "ensemble_box_regression")
+    run = _Run(config, run_dir, device or config.device, progress, _Timer(run_dir / "timings.json"), train_set, test_set)
+    _propose(run)
+    _train_members(run)
+    scores = run.timer.run("scoring", lambda: _score(run))
+    outcomes, ensemble, regressed, detections_of = _evaluate_models(run, scores)
     best_single = max(outcomes, key=lambda o: o.map)
-
-    # Single members and the full ensemble are already evaluated: the curve reuses them.
-    known = {(position,): o.map for position, o in enumerate(outcomes)}
-    known[tuple(range(len(scores.member_ids)))] = ensemble.map
-
-    def map_of_subset(subset: tuple[int, ...]) -> float:
-        if subset not in known:
-            known[subset] = evaluate(test_set, detections_from_scores(scores, config.detection, list(subset)), protocol, iou, config.evaluation.max_dets).map
-        return known[subset]
-
-    curve = ensemble_size_curve(len(scores.member_ids), map_of_subset, config.bench.max_subsets, config.seed)
-    plot_size_curve(curve, run_dir / "ensemble_size.png", protocol)
+    curve = _size_curve(run, scores, outcomes, ensemble)
     bootstrap = None
     if len(scores.member_ids) > 1 and config.bench.bootstrap_resamples >= 10:
         bootstrap = bootstrap_map_difference(
-            test_set, detections_of["ensemble"], detections_of[best_single.label], protocol, iou, config.bench.bootstrap_resamples, config.bench.confidence, config.seed
+            test_set, detections_of["ensemble"], detections_of[best_single.label], config.evaluation.protocol, config.evaluation.iou,
+            config.bench.bootstrap_resamples, config.bench.confidence, config.seed,
         )
-
-    # Proposal statistics on the test set, split by source.
-    test_store = ProposalStore.open(run_dir / "proposals" / "test", test_set)
-    items = test_store.load_all()
-    recall_rows = {"all": proposal_recall(test_set, {k: v.boxes for k, v in items.items()}, "all")}
-    for name, code in SOURCES.items():
-        subset = {k: v.boxes[v.sources == code] for k, v in items.items()}
-        if any(len(b) for b in subset.values()):
-            recall_rows[name] = proposal_recall(test_set, subset, name)
-
-    from detection.visualize import write_gallery
-
+    recall_rows = _test_proposal_recall(run)
     gallery = write_gallery(test_set, run_dir / "gallery", detections=detections_of["ensemble"], max_images=config.bench.gallery_images)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {
         "config": to_dict(config),
         "data": {"train": train_set.spec, "test": test_set.spec, "train_images": len(train_set), "test_images": len(test_set), "classes": test_set.classes},
-        "protocol": protocol,
-        "iou": iou,
+        "protocol": config.evaluation.protocol,
+        "iou": config.evaluation.iou,
         "proposals": {name: {"boxes_per_image": r.boxes_per_image, "recall_50": r.recall_50, "recall_70": r.recall_70, "mabo": r.mabo} for name, r in recall_rows.items()},
         "single": [dataclasses.asdict(o) for o in outcomes],
         "ensemble": dataclasses.asdict(ensemble),
@@ -252,17 +205,115 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
         "best_single": best_single.label,
         "ensemble_size_curve": dataclasses.asdict(curve),
         "bootstrap": None if bootstrap is None else dataclasses.asdict(bootstrap),
-        "timings": timer.times,
-        "speed": {
-            "proposal_seconds_per_image": {k: v.get("seconds_per_image") for k, v in timer.times.items() if k.startswith("proposals_")},
-            "scoring_seconds_per_image": scoring_seconds / max(len(test_set), 1),
-            "crops_per_second": num_proposals * len(scores.member_ids) / max(scoring_seconds, 1e-9),
-            "peak_memory_mb": peak_mb,
-        },
+        "timings": run.timer.times,
+        "speed": _speed(run, scores),
     }
     write_json(run_dir / "report.json", report)
     write_text(run_dir / "report.md", _markdown(report, outcomes, ensemble, curve, report["bootstrap"], gallery, run_dir, regressed))
     return report
+
+
+def _propose(run: _Run) -> None:
+    """Stages ``multibox`` (when the proposals use it) and ``proposals_{train,test}``."""
+    config, timer = run.config, run.timer
+    proposal_config = config.proposals
+    if proposal_config.method in ("multibox", "merged"):
+        checkpoint = timer.run("multibox", lambda: train_multibox(config.multibox, run.train_set, run.run_dir / "multibox", run.device, run.progress))
+        proposal_config = dataclasses.replace(proposal_config, multibox_checkpoint=str(checkpoint))
+    for name, dataset in (("train", run.train_set), ("test", run.test_set)):
+        summary = timer.run(
+            f"proposals_{name}",
+            lambda d=dataset, n=name: run_proposals(d, proposal_config, run.run_dir / "proposals" / n, workers=config.bench.workers, device="cpu", progress=run.progress),
+        )
+        if summary.computed:
+            timer.times[f"proposals_{name}"]["seconds_per_image"] = summary.seconds_per_image
+
+
+def _train_members(run: _Run) -> None:
+    """Stages ``members`` and, with box regression, ``box_regression``."""
+    config = run.config
+    members_dir = run.run_dir / "members"
+    train_proposals = ProposalStore.open(run.run_dir / "proposals" / "train", run.train_set).load_all()
+    run.timer.run("members", lambda: train_members(run.train_set, train_proposals, config.classifier, config.train, members_dir, device=run.device, progress=run.progress))
+    if config.box_regression.enabled:
+        members = list(range(config.train.members))
+        run.timer.run(
+            "box_regression",
+            lambda: fit_box_regressors(run.train_set, train_proposals, config.box_regression, members_dir, members, run.device, run.progress, config.train.num_threads),
+        )
+
+
+def _score(run: _Run) -> MemberScores:
+    """Stage ``scoring``: every member's probabilities (and deltas) of every test proposal."""
+    config = run.config
+    return score_dataset(
+        run.test_set, run.run_dir / "proposals" / "test", run.run_dir / "members", run.run_dir / "detections" / "scores",
+        list(range(config.train.members)), run.device, config.detection, run.progress, config.box_regression.enabled,
+    )
+
+
+def _evaluate_models(run: _Run, scores: MemberScores) -> tuple[list[_Outcome], _Outcome, _Outcome | None, dict[str, Detections]]:
+    """Detections and mAP under every protocol of each member alone, the ensemble and (with box
+    regression) the regressed ensemble; each one's detections file is written."""
+    config, test_set = run.config, run.test_set
+    detections_of: dict[str, Detections] = {}
+
+    def outcome(label: str, members: list[int], positions: list[int], box_regression: bool = False, stem: str | None = None) -> _Outcome:
+        detections = detections_from_scores(scores, config.detection, positions, box_regression)
+        write_detections(run.run_dir / "detections" / f"{stem or label}.json", detections, test_set.classes)
+        detections_of[label] = detections
+        results = {p: evaluate(test_set, detections, p, config.evaluation.iou, config.evaluation.max_dets) for p in PROTOCOLS}
+        main = results[config.evaluation.protocol]
+        return _Outcome(label, members, main.map, {p: r.map for p, r in results.items()}, main.per_class_ap)
+
+    everyone = list(range(len(scores.member_ids)))
+    singles = [outcome(f"member{member}", [member], [position]) for position, member in enumerate(scores.member_ids)]
+    ensemble = outcome("ensemble", scores.member_ids, everyone)
+    regressed = None
+    if config.box_regression.enabled:
+        regressed = outcome("ensemble + box regression", scores.member_ids, everyone, True, "ensemble_box_regression")
+    return singles, ensemble, regressed, detections_of
+
+
+def _size_curve(run: _Run, scores: MemberScores, singles: list[_Outcome], ensemble: _Outcome) -> Any:
+    """mAP by ensemble size (plotted to ensemble_size.png); reuses the single and full evaluations."""
+    config = run.config
+    known = {(position,): o.map for position, o in enumerate(singles)}
+    known[tuple(range(len(scores.member_ids)))] = ensemble.map
+
+    def map_of_subset(subset: tuple[int, ...]) -> float:
+        if subset not in known:
+            detections = detections_from_scores(scores, config.detection, list(subset))
+            known[subset] = evaluate(run.test_set, detections, config.evaluation.protocol, config.evaluation.iou, config.evaluation.max_dets).map
+        return known[subset]
+
+    curve = ensemble_size_curve(len(scores.member_ids), map_of_subset, config.bench.max_subsets, config.seed)
+    plot_size_curve(curve, run.run_dir / "ensemble_size.png", config.evaluation.protocol)
+    return curve
+
+
+def _test_proposal_recall(run: _Run) -> dict[str, Any]:
+    """Recall of the test proposals, all of them and split by source."""
+    items = ProposalStore.open(run.run_dir / "proposals" / "test", run.test_set).load_all()
+    rows = {"all": proposal_recall(run.test_set, {k: v.boxes for k, v in items.items()}, "all")}
+    for name, code in SOURCES.items():
+        subset = {k: v.boxes[v.sources == code] for k, v in items.items()}
+        if any(len(b) for b in subset.values()):
+            rows[name] = proposal_recall(run.test_set, subset, name)
+    return rows
+
+
+def _speed(run: _Run, scores: MemberScores) -> dict[str, Any]:
+    """Proposal and scoring speed of the run, and its peak memory."""
+    times = run.timer.times
+    scoring_seconds = times["scoring"]["seconds"]
+    num_proposals = sum(len(b) for b in scores.boxes)
+    return {
+        "proposal_seconds_per_image": {k: v.get("seconds_per_image") for k, v in times.items() if k.startswith("proposals_")},
+        "scoring_seconds_per_image": scoring_seconds / max(len(run.test_set), 1),
+        "crops_per_second": num_proposals * len(scores.member_ids) / max(scoring_seconds, 1e-9),
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _markdown(report: dict, singles: list[_Outcome], ensemble: _Outcome, curve: Any, bootstrap: Any, gallery: list[Path], run_dir: Path, regressed: _Outcome | None = None) -> str:

@@ -13,9 +13,13 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from detection.core.atomic import write_json, write_text
 from detection.config import Config
+from detection.core.atomic import write_json, write_text
 from detection.data.datasets import load_dataset
+from eval.recall import format_recall_table, plot_recall, proposal_recall
+from proposals.multibox_train import train_multibox
+from proposals.propose import run_proposals
+from proposals.store import ProposalStore
 
 __all__ = ["run_proposal_study"]
 
@@ -24,11 +28,6 @@ logger = logging.getLogger(__name__)
 
 def run_proposal_study(config: Config, out_dir: str | Path, device: str | None = None, progress: bool = True) -> dict:
     """Fill (or reuse) the four stores and write ``recall.md``, ``recall.json`` and the plots."""
-    from eval.recall import format_recall_table, plot_recall, proposal_recall
-    from proposals.multibox_train import train_multibox
-    from proposals.propose import run_proposals
-    from proposals.store import ProposalStore
-
     out_dir = Path(out_dir)
     device = device or config.device
     dataset = load_dataset(config.data.test)

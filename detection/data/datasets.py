@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from detection.core import boxes as box_ops
-from detection.data.images import IMAGE_SUFFIXES, read_image, read_image_size
 from detection.core.problems import DataError, WarningTally
+from detection.data.images import IMAGE_SUFFIXES, read_image, read_image_size
 from detection.data.records import Dataset, Detections, ImageRecord
 
 __all__ = [

@@ -22,26 +22,23 @@ from classifiers.box_regression import (
     BoxRegressor,
     apply_deltas,
     fit_box_regressor,
-    fit_box_regressors,
     fit_ridge,
     load_box_regressor,
-    match_proposals,
-    regression_samples,
     regression_targets,
     save_box_regressor,
 )
+from classifiers.box_regression_train import fit_box_regressors, match_proposals, regression_samples
 from classifiers.ensemble import Ensemble
 from classifiers.region_classifier import MEMBER_KIND, RegionClassifierConfig, build_region_classifier
+from detection.config import ConfigError, load_config
 from detection.core.atomic import file_digest
 from detection.core.boxes import box_iou_numpy
 from detection.core.checkpoints import CheckpointError, save_checkpoint
-from detection.config import ConfigError, load_config
 from detection.core.config_io import to_dict
 from detection.data.datasets import load_dataset
-from detection.pipeline import DetectConfig, detections_from_scores, fill_score_cache, image_detections, load_member_scores
 from detection.data.records import Dataset, ImageRecord
+from detection.pipeline import DetectConfig, detections_from_scores, fill_score_cache, image_detections, load_member_scores
 from proposals.store import ImageProposals, ProposalStore
-
 from tests.conftest import REPO
 
 
@@ -297,10 +294,10 @@ def test_fitted_regressors_move_training_windows_onto_their_boxes(fitted: Fitted
     assert [p.name for p in fitted.paths] == ["box_regressor0.pt", "box_regressor1.pt"]
     proposals = ProposalStore.open(fitted.root / "proposals_train", fitted.train).load_all()
     samples = regression_samples(fitted.train, proposals, fitted.config.fg_iou, fitted.config.max_samples_per_class, fitted.config.seed)
-    ensemble = Ensemble.from_dir(fitted.members, fitted.train.classes, "0,", "cpu", box_regression=True)
+    ensemble = Ensemble.from_dir(fitted.members, fitted.train.classes, [0], "cpu", box_regression=True)
     images = [fitted.train.load_image(int(i)) for i in np.unique(samples.image_indices)]
     per_image = [samples.boxes[samples.image_indices == i] for i in np.unique(samples.image_indices)]
-    _, deltas = ensemble.score_crops_with_deltas(ensemble.warp(images, per_image))
+    deltas = torch.cat([scores.deltas for scores in ensemble.score(images, per_image, deltas=True)], dim=1)
     own_class = deltas[0, torch.arange(len(samples)), torch.from_numpy(samples.labels)]
     moved = apply_deltas(torch.from_numpy(samples.boxes), own_class).numpy()
     before = np.diag(box_iou_numpy(samples.boxes, samples.gt_boxes)).mean()
@@ -326,20 +323,20 @@ def test_regressor_files_are_reused_and_refused_for_other_settings(fitted: Fitte
     (swapped / "box_regressor1.pt").write_bytes(fitted.paths[0].read_bytes())
     (swapped / "box_regressor0.pt").write_bytes(fitted.paths[0].read_bytes())
     with pytest.raises(CheckpointError, match="box regressor of member 0, not of member 1"):
-        Ensemble.from_dir(swapped, fitted.train.classes, "all", "cpu", box_regression=True)
+        Ensemble.from_dir(swapped, fitted.train.classes, None, "cpu", box_regression=True)
     (swapped / "box_regressor1.pt").unlink()
     with pytest.raises(CheckpointError, match="no box regressor for member 1"):
-        Ensemble.from_dir(swapped, fitted.train.classes, "all", "cpu", box_regression=True)
+        Ensemble.from_dir(swapped, fitted.train.classes, None, "cpu", box_regression=True)
     with pytest.raises(FileNotFoundError, match="box_regressor1.pt is missing"):
-        fill_score_cache(fitted.test, fitted.root / "proposals_test", swapped, fitted.root / "no_scores", "all", "cpu", DetectConfig(), progress=False, box_regression=True)
+        fill_score_cache(fitted.test, fitted.root / "proposals_test", swapped, fitted.root / "no_scores", None, "cpu", DetectConfig(), progress=False, box_regression=True)
 
 
 def test_score_cache_keeps_deltas_only_when_on(fitted: Fitted) -> None:
     config = DetectConfig(chunk_images=2, score_threshold=0.0)
     args = (fitted.test, fitted.root / "proposals_test", fitted.members)
     plain_dir, regressed_dir = fitted.root / "scores_plain", fitted.root / "scores_regressed"
-    fill_score_cache(*args, plain_dir, "all", "cpu", config, progress=False)
-    fill_score_cache(*args, regressed_dir, "all", "cpu", config, progress=False, box_regression=True)
+    fill_score_cache(*args, plain_dir, None, "cpu", config, progress=False)
+    fill_score_cache(*args, regressed_dir, None, "cpu", config, progress=False, box_regression=True)
 
     # Off: the layout of a cache made before the option existed.
     plain_meta = json.loads((plain_dir / "meta.json").read_text())
@@ -360,12 +357,13 @@ def test_score_cache_keeps_deltas_only_when_on(fitted: Fitted) -> None:
         assert deltas.shape == (2, len(boxes), fitted.test.num_classes, 4)
 
     # The deltas are each member's regressor on its own pooled features.
-    ensemble = Ensemble.from_dir(fitted.members, fitted.test.classes, "all", "cpu", box_regression=True)
-    _, expected = ensemble.score_crops_with_deltas(ensemble.warp([fitted.test.load_image(0)], [scores.boxes[0]]))
+    ensemble = Ensemble.from_dir(fitted.members, fitted.test.classes, None, "cpu", box_regression=True)
+    pooled = ensemble.score([fitted.test.load_image(0)], [scores.boxes[0]], features=True)[0].features
+    expected = torch.stack([regressor.predict(f) for regressor, f in zip(ensemble.regressors, pooled)])
     np.testing.assert_allclose(scores.deltas[0].astype(np.float32), expected.numpy(), rtol=2e-3, atol=2e-3)
 
     with pytest.raises(ValueError, match="scores from other data, proposals, members or box regressors"):
-        fill_score_cache(*args, plain_dir, "all", "cpu", config, progress=False, box_regression=True)
+        fill_score_cache(*args, plain_dir, None, "cpu", config, progress=False, box_regression=True)
     with pytest.raises(ValueError, match="no box-regression deltas"):
         detections_from_scores(plain, config, box_regression=True)
 

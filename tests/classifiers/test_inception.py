@@ -17,11 +17,10 @@ from classifiers.inception import (
     GoogLeNetConfig,
     GoogLeNetOutputs,
     Inception,
-    count_params_and_macs,
     googlenet_loss,
-    imagenet_weights_path,
-    load_weights,
 )
+from classifiers.inception_cost import count_params_and_macs
+from classifiers.inception_weights import imagenet_weights_path, load_weights
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -393,7 +392,7 @@ def test_imagenet_weights_load_from_the_hub_cache(
     config = GoogLeNetConfig.torchvision(num_classes=num_classes, aux_logits=aux_logits, transform_input=True)
     model = GoogLeNet(config)
     fc_before = model.fc.weight.clone()
-    with caplog.at_level(logging.INFO, logger="classifiers.inception"):
+    with caplog.at_level(logging.INFO, logger="classifiers.inception_weights"):
         load_weights(model, "imagenet")
     torch.testing.assert_close(model.conv1.conv.weight, tv_model.conv1.conv.weight)
     ours_bn, their_bn = model.inception5b.branch4[1].bn, tv_model.inception5b.branch4[1].bn

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from classifiers import scoring
 from classifiers.crops import warp_crops
 from classifiers.inception import GoogLeNet, GoogLeNetConfig
-from classifiers.scoring import CropScorer, score_crops
+from classifiers.scoring import CropScorer
 from detection.core.devices import bf16_supported
 
 NUM_CLASSES = 5
@@ -81,7 +81,7 @@ def test_per_member_probabilities_are_each_members_softmax(models: list[GoogLeNe
 
 def test_score_with_features_gives_the_same_probabilities_and_each_members_features(models: list[GoogLeNet], crops: torch.Tensor) -> None:
     scorer = CropScorer(models, device="cpu", batch_size=4, bf16=False)
-    probabilities, features = scorer.score_with_features(crops)
+    probabilities, features = scorer.score(crops, with_features=True)
     assert torch.equal(probabilities, scorer.score(crops, per_member=True))
     assert len(features) == 3
     for model, member_features in zip(models, features):
@@ -89,10 +89,10 @@ def test_score_with_features_gives_the_same_probabilities_and_each_members_featu
             expected = model.eval().features(crops)
         assert member_features.shape == (11, model.num_features) and member_features.dtype == torch.float32
         torch.testing.assert_close(member_features, expected, atol=1e-5, rtol=1e-4)
-    empty_probabilities, empty_features = scorer.score_with_features(crops[:0])
+    empty_probabilities, empty_features = scorer.score(crops[:0], with_features=True)
     assert empty_probabilities.shape == (3, 0, NUM_CLASSES) and [f.shape for f in empty_features] == [(0, m.num_features) for m in models]
     with pytest.raises(TypeError, match="forward_with_features"):
-        CropScorer([torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, NUM_CLASSES))], device="cpu").score_with_features(crops)
+        CropScorer([torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, NUM_CLASSES))], device="cpu").score(crops, with_features=True)
 
 
 def test_batch_size_and_layout_do_not_change_scores(models: list[GoogLeNet], crops: torch.Tensor) -> None:
@@ -137,11 +137,6 @@ def test_score_boxes_equals_scoring_warped_crops(models: list[GoogLeNet]) -> Non
     torch.testing.assert_close(direct, scorer(warp_crops(images, boxes, SIZE)), atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError):
         scorer.score_boxes(images, boxes[:1], size=SIZE)
-
-
-def test_score_crops_convenience(models: list[GoogLeNet], crops: torch.Tensor) -> None:
-    torch.testing.assert_close(score_crops(models, crops, batch_size=4, device="cpu", bf16=False), expected_probabilities(models, crops), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(score_crops(models[0], crops, device="cpu", bf16=False), expected_probabilities(models[:1], crops), atol=1e-5, rtol=1e-4)
 
 
 def test_bf16_by_default_exactly_where_it_is_native(models: list[GoogLeNet]) -> None:
@@ -194,10 +189,10 @@ def test_compiled_members_see_one_batch_shape_and_recompile_after_changes(
     assert len(compiled) == 2
     # The features path is compiled on first use only, with the same static batch shape.
     shapes.clear()
-    probabilities, _ = scorer.score_with_features(crops)
+    probabilities, _ = scorer.score(crops, with_features=True)
     assert len(compiled) == 3 and set(shapes) == {(4, 3, SIZE, SIZE)} and len(shapes) == 3
     torch.testing.assert_close(probabilities[0], expected_probabilities([model], crops), atol=1e-5, rtol=1e-4)
-    scorer.score_with_features(crops)
+    scorer.score(crops, with_features=True)
     assert len(compiled) == 3
 
 

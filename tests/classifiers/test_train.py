@@ -12,13 +12,12 @@ import torch
 import classifiers.train as train_module
 from classifiers.region_classifier import RegionClassifierConfig, load_member
 from classifiers.train import TrainConfig, learning_rate, member_path, train_member, train_members
-from detection.core.checkpoints import CheckpointError
 from detection.config import ConfigError, from_dict, load_config
+from detection.core.checkpoints import CheckpointError
 from detection.core.problems import DataError
 from detection.data.records import Dataset
 from detection.data.synthetic import synthetic_dataset
 from proposals.store import ImageProposals
-
 from tests.conftest import REPO
 
 CLASSIFIER = RegionClassifierConfig(crop_size=48, width=0.125, batch_norm=True)

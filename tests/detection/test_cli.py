@@ -6,8 +6,8 @@ import pytest
 
 from detection.cli import main
 from detection.data.datasets import load_dataset
-from detection.simulate import simulate_detections
 from detection.data.detection_files import write_coco_results, write_detections
+from detection.simulate import simulate_detections
 
 
 @pytest.fixture

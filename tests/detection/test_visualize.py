@@ -2,7 +2,7 @@ import numpy as np
 
 from detection.cli import main
 from detection.data.records import Detections, ImageRecord
-from detection.visualize import TRUE_POSITIVE, FALSE_POSITIVE, draw_image, match_for_display
+from detection.visualize import FALSE_POSITIVE, TRUE_POSITIVE, draw_image, match_for_display
 
 
 def test_match_for_display_marks_duplicates_and_wrong_class():
@@ -23,8 +23,8 @@ def test_draw_image_colours():
 
 def test_show_command_writes_pngs(tmp_path, capsys):
     from detection.data.datasets import load_dataset
-    from detection.simulate import simulate_detections
     from detection.data.detection_files import write_detections
+    from detection.simulate import simulate_detections
 
     dataset = load_dataset("synthetic:3:0")
     write_detections(tmp_path / "d.json", simulate_detections(dataset), dataset.classes)

@@ -13,7 +13,7 @@ from pycocotools.cocoeval import COCOeval
 
 from detection.core.boxes import box_iou_numpy
 from detection.data.records import Dataset, Detections, ImageRecord
-from eval.detection import PROTOCOLS, DetectionResult, evaluate
+from eval.detection import PROTOCOLS, EvaluationResult, evaluate
 
 
 def _no_images(record: ImageRecord) -> np.ndarray:
@@ -401,7 +401,7 @@ def test_result_does_not_depend_on_input_order() -> None:
 def test_json_and_table() -> None:
     dataset = make_dataset([ImageRecord("a", None, 50, 50, [[0, 0, 10, 10]], [0])], ["x", "y"])
     result = evaluate(dataset, make_detections([("a", 0, 0.9, [0, 0, 10, 10])]), "voc07")
-    assert isinstance(result, DetectionResult)
+    assert isinstance(result, EvaluationResult)
     payload = result.to_json()
     assert set(payload) == {"protocol", "iou", "map", "per_class", "num_gt", "num_det", "classes_without_gt"}
     assert payload["per_class"] == {"x": 1.0} and payload["num_gt"] == {"x": 1, "y": 0}

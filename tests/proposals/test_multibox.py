@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from detection.config import ConfigError, load_config, to_dict
 from detection.core.boxes import box_iou_numpy
 from detection.core.checkpoints import CheckpointError, save_checkpoint
-from detection.config import ConfigError, load_config, to_dict
 from detection.core.problems import DataError
 from detection.data.records import Dataset, ImageRecord
 from detection.data.synthetic import synthetic_dataset
@@ -35,7 +35,6 @@ from proposals.multibox import (
     normalised_boxes,
 )
 from proposals.multibox_train import epoch_batches, learning_rate, train_multibox
-
 from tests.conftest import REPO
 
 

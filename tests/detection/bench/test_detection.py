@@ -104,8 +104,8 @@ def test_train_detect_evaluate_commands_on_a_run(tiny_run, tmp_path, capsys):
     assert "different dataset" in capsys.readouterr().err
     assert main(["detect", "--data", "synthetic:4:1", "--proposals", str(tiny_run / "proposals" / "test"), "--checkpoints", str(members), "--members", "0,3", "--out", str(tmp_path / "x.json"), *sets]) == 2
     assert "no checkpoint for member(s) [3]" in capsys.readouterr().err
-    from detection.core.checkpoints import CheckpointError
     from classifiers.ensemble import Ensemble
+    from detection.core.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="trained for classes"):
         Ensemble.from_dir(members, ["cat", "dog"], device="cpu")

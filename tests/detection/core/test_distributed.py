@@ -14,11 +14,11 @@ import torch
 
 from classifiers.region_classifier import load_member
 from classifiers.train import rank_share
-from detection.core import distributed
 from detection.cli import main
+from detection.core import distributed
 from detection.data.datasets import load_dataset
-
 from tests.conftest import REPO
+
 DATA = "synthetic:6:0"
 TINY = [
     "classifier.crop_size=32", "classifier.width=0.125", "classifier.batch_norm=true",

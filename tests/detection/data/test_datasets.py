@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detection.data.datasets import load_dataset, read_coco, read_voc, to_coco_json, write_voc
 from detection.core.problems import DataError
+from detection.data.datasets import load_dataset, read_coco, read_voc, to_coco_json, write_voc
 
 
 def test_voc_reads_boxes_in_our_convention(make_voc):

@@ -4,8 +4,8 @@ import logging
 import numpy as np
 import pytest
 
-from detection.data.detection_files import read_detections, write_coco_results, write_detections
 from detection.core.problems import DataError
+from detection.data.detection_files import read_detections, write_coco_results, write_detections
 from detection.data.records import Dataset, Detections, ImageRecord
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detection.data.images import read_image, read_image_size
 from detection.core.problems import DataError
+from detection.data.images import read_image, read_image_size
 
 
 def test_rgb_png_round_trip(tmp_path):
