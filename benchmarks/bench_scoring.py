@@ -36,7 +36,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -175,7 +175,7 @@ def naive_score(model: torch.nn.Module, images: list[np.ndarray], boxes: list[np
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--boxes", type=int, default=500, help="proposals per image")
@@ -191,112 +191,123 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-frozen", action="store_true", help="also time torch.compile with inductor freezing")
     parser.add_argument("--cold-compile", action="store_true", help="bypass inductor's on-disk caches: true compile times")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+@dataclass
+class _Bench:
+    """The inputs every case shares, and the best matrix-multiply rates seen so far."""
+
+    args: argparse.Namespace
+    device: torch.device
+    images: list[np.ndarray]
+    boxes: list[np.ndarray]
+    model: GoogLeNet
+    gflop: float
+    native_bf16: bool
+    peak: dict[torch.dtype, float] = field(default_factory=lambda: {torch.float32: 0.0, torch.bfloat16: 0.0})
+
+    @property
+    def total(self) -> int:
+        return sum(len(b) for b in self.boxes)
+
+    def measure_peak(self) -> None:
+        """Measured before, between and after the phases, the best kept (as the cases alternate rounds)."""
+        for dtype in self.peak:
+            self.peak[dtype] = max(self.peak[dtype], matmul_gflops(dtype, self.device, self.args.repeat))
+
+
+def _setup(args: argparse.Namespace) -> _Bench:
+    """Threads, images, proposals and the model; prints what is measured."""
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     if args.cold_compile:
-        import torch._inductor.config as inductor_config
+        import torch._inductor.config as inductor_config  # only where asked: a private switch
 
         inductor_config.force_disable_caches = True
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     images = load_images(args.images)
     boxes = [random_proposals(image, args.boxes, rng) for image in images]
-    total = sum(len(b) for b in boxes)
-
     factory = GoogLeNetConfig.paper if args.config == "paper" else GoogLeNetConfig.torchvision
     config = factory(num_classes=201, input_size=args.size)
-    model = GoogLeNet(config).eval().to(device)
     gflop = 2 * sum(stage.macs for stage in count_params_and_macs(config, args.size)) / 1e9
-    native_bf16 = bf16_supported(device)
-
+    bench = _Bench(args, device, images, boxes, GoogLeNet(config).eval().to(device), gflop, bf16_supported(device))
     print(f"load average at the start: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
     print(f"device {device}; torch {torch.__version__}; {platform.processor() or platform.machine()}; "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}; threads {torch.get_num_threads()} of {os.cpu_count()} cores; "
-          f"native bf16: {native_bf16}")
+          f"native bf16: {bench.native_bf16}")
     print(f"model GoogLeNetConfig.{args.config}(num_classes=201), {gflop:.3f} GFLOP per {args.size}x{args.size} crop "
           f"({gflop / 2:.3f} G multiply-adds); {len(images)} images "
-          f"({', '.join(f'{im.shape[1]}x{im.shape[0]}' for im in images)}), {total} proposals")
+          f"({', '.join(f'{im.shape[1]}x{im.shape[0]}' for im in images)}), {bench.total} proposals")
+    return bench
 
-    # The peak is measured before, between and after the phases and the best kept, for the same
-    # reason the cases run in alternating rounds.
-    peak = {dtype: 0.0 for dtype in (torch.float32, torch.bfloat16)}
 
-    def measure_peak() -> None:
-        for dtype in peak:
-            peak[dtype] = max(peak[dtype], matmul_gflops(dtype, device, args.repeat))
-
-    measure_peak()
-
-    # Each case is timed once per round and rounds alternate the cases, so a busy spell on a shared
-    # machine hurts every case a little rather than one case a lot; each keeps its best round.
-    cases: list[Case] = []
-    total_boxes = boxes
-    cases.append(Case("warp only: per-crop cv2.warpAffine", 1, total, None, lambda: naive_crops(images, total_boxes, args.size)))
-    cases.append(Case("warp only: batched roi_align", total, total, None, lambda: warp_crops(images, total_boxes, args.size, device=device)))
-
-    naive_model = GoogLeNet(config).to(device).eval()
+def _eager_cases(bench: _Bench) -> tuple[list[Case], dict[int, Case]]:
+    """Phase 1: the warps alone, the naive loop, the eager batch sweep, NCHW, bf16 autocast."""
+    args, device, images, boxes, total, model = bench.args, bench.device, bench.images, bench.boxes, bench.total, bench.model
+    cases = [
+        Case("warp only: per-crop cv2.warpAffine", 1, total, None, lambda: naive_crops(images, boxes, args.size)),
+        Case("warp only: batched roi_align", total, total, None, lambda: warp_crops(images, boxes, args.size, device=device)),
+    ]
+    naive_model = GoogLeNet(model.config).to(device).eval()
     naive_model.load_state_dict(model.state_dict())
     naive_score(naive_model, images, [boxes[0][:2]], args.size, device)  # warm-up: library set-up
-    cases.append(Case("(a) naive: cv2 per crop, fp32 NCHW", NAIVE_BATCH, total, torch.float32,
-                      lambda: naive_score(naive_model, images, total_boxes, args.size, device)))
-
+    cases.append(Case("(a) naive: cv2 per crop, fp32 NCHW", NAIVE_BATCH, total, torch.float32, lambda: naive_score(naive_model, images, boxes, args.size, device)))
     eager: dict[int, Case] = {}
     for batch in (int(b) for b in args.batches.split(",")):
-        scorer = CropScorer([model], device, batch_size=batch, bf16=False)
-        scorer.score_boxes(images[:1], [boxes[0][:2]], args.size)
-        eager[batch] = Case("(b) ours eager fp32 channels_last", batch, total, torch.float32, _scoring(scorer, images, boxes, args.size))
+        eager[batch] = Case("(b) ours eager fp32 channels_last", batch, total, torch.float32, _warmed(CropScorer([model], device, batch_size=batch, bf16=False), bench, boxes))
         cases.append(eager[batch])
-
     # The same eager path in NCHW, at the first batch size of the sweep: what channels_last buys.
     first_batch = next(iter(eager))
-    scorer = CropScorer([model], device, batch_size=first_batch, bf16=False, channels_last=False)
-    scorer.score_boxes(images[:1], [boxes[0][:2]], args.size)
-    cases.append(Case("(b) ours eager fp32 NCHW", first_batch, total, torch.float32, _scoring(scorer, images, boxes, args.size)))
-
-    # bfloat16 autocast: every crop where native, a sample where emulated (it is very slow there).
-    bf16_boxes = boxes if native_bf16 else _first(boxes, args.bf16_crops)
+    nchw = CropScorer([model], device, batch_size=first_batch, bf16=False, channels_last=False)
+    cases.append(Case("(b) ours eager fp32 NCHW", first_batch, total, torch.float32, _warmed(nchw, bench, boxes)))
+    # bfloat16 autocast: every crop where native (at the scorer's default batch: 16 on a CPU,
+    # where small batches stay in cache), a sample where emulated (it is very slow there).
+    bf16_boxes = boxes if bench.native_bf16 else _first(boxes, args.bf16_crops)
     bf16_count = sum(len(b) for b in bf16_boxes)
-    # Where native, at the scorer's default batch (16 on a CPU, where small batches stay in cache).
-    bf16_batch = CropScorer([model], device).batch_size if native_bf16 else min(min(eager), bf16_count)
-    scorer = CropScorer([model], device, batch_size=bf16_batch, bf16=True)
-    scorer.score_boxes(images[:1], [boxes[0][:2]], args.size)
-    label = "(b) ours eager bf16 autocast" + ("" if native_bf16 else " (emulated)")
-    cases.append(Case(label, bf16_batch, bf16_count, torch.bfloat16, _scoring(scorer, images, bf16_boxes, args.size)))
+    bf16_batch = CropScorer([model], device).batch_size if bench.native_bf16 else min(min(eager), bf16_count)
+    label = "(b) ours eager bf16 autocast" + ("" if bench.native_bf16 else " (emulated)")
+    cases.append(Case(label, bf16_batch, bf16_count, torch.bfloat16, _warmed(CropScorer([model], device, batch_size=bf16_batch, bf16=True), bench, bf16_boxes)))
+    return cases, eager
 
-    print("phase 1: warps, naive, eager batch sweep, bf16", flush=True)
-    run_rounds(cases, args.repeat, device)
-    measure_peak()
 
-    # torch.compile at one batch size (each new shape compiles again), timed against the best
-    # eager batch once more so the two share the same machine conditions.
-    best_eager = max(eager.values(), key=lambda case: case.rate)
+def _warmed(scorer: CropScorer, bench: _Bench, boxes: list[np.ndarray]) -> Callable[[], object]:
+    """``scorer`` after one small call (library set-up), as a timed case's run."""
+    scorer.score_boxes(bench.images[:1], [bench.boxes[0][:2]], bench.args.size)
+    return _scoring(scorer, bench.images, boxes, bench.args.size)
+
+
+def _compiled_cases(bench: _Bench, best_eager: Case) -> tuple[list[Case], dict[str, float], int]:
+    """Phase 2: torch.compile at one batch size (each new shape compiles again), timed against
+    the best eager batch once more so that the two share the same machine conditions."""
+    args = bench.args
     compile_batch = best_eager.batch if args.compile_batch == 0 else args.compile_batch
     compile_seconds: dict[str, float] = {}
-    if compile_batch > 0:
-        dtype = torch.bfloat16 if native_bf16 else torch.float32
-        name = "bf16" if dtype == torch.bfloat16 else "fp32"
-        rematch = Case(best_eager.method + " (again)", best_eager.batch, total, torch.float32, best_eager.run)
-        compiled_cases = [rematch]
-        # Frozen first: dynamo would hand a later frozen scorer of the same model class the graph
-        # an unfrozen one compiled before it, so that the two would time the same code.
-        for freeze in (True, False) if args.compile_frozen else (False,):
-            label = f"(b) ours compiled{' + frozen' if freeze else ''} {name} {args.compile_mode or ''}".rstrip()
-            scorer = CropScorer([model], device, batch_size=compile_batch, compile=True, compile_mode=args.compile_mode, freeze=freeze)
-            print(f"compiling {label} at batch {compile_batch} ...", flush=True)
-            start = time.perf_counter()
-            scorer.score_boxes(images[:1], [boxes[0][:1]], args.size).cpu()  # compiles (padded to the batch)
-            compile_seconds[label] = time.perf_counter() - start
-            compiled_cases.append(Case(label, compile_batch, total, dtype, _scoring(scorer, images, boxes, args.size)))
-        print("phase 2: compiled vs best eager", flush=True)
-        run_rounds(compiled_cases, args.repeat, device)
-        cases.extend(compiled_cases)
-        measure_peak()
+    if compile_batch <= 0:
+        return [], compile_seconds, compile_batch
+    dtype = torch.bfloat16 if bench.native_bf16 else torch.float32
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    cases = [Case(best_eager.method + " (again)", best_eager.batch, bench.total, torch.float32, best_eager.run)]
+    # Frozen first: dynamo would hand a later frozen scorer of the same model class the graph
+    # an unfrozen one compiled before it, so that the two would time the same code.
+    for freeze in (True, False) if args.compile_frozen else (False,):
+        label = f"(b) ours compiled{' + frozen' if freeze else ''} {name} {args.compile_mode or ''}".rstrip()
+        scorer = CropScorer([bench.model], bench.device, batch_size=compile_batch, compile=True, compile_mode=args.compile_mode, freeze=freeze)
+        print(f"compiling {label} at batch {compile_batch} ...", flush=True)
+        start = time.perf_counter()
+        scorer.score_boxes(bench.images[:1], [bench.boxes[0][:1]], args.size).cpu()  # compiles (padded to the batch)
+        compile_seconds[label] = time.perf_counter() - start
+        cases.append(Case(label, compile_batch, bench.total, dtype, _scoring(scorer, bench.images, bench.boxes, args.size)))
+    print("phase 2: compiled vs best eager", flush=True)
+    run_rounds(cases, args.repeat, bench.device)
+    bench.measure_peak()
+    return cases, compile_seconds, compile_batch
 
-    print(f"torch.mm peak (best of three times): float32 {peak[torch.float32]:.1f} GFLOP/s, "
-          f"bfloat16 {peak[torch.bfloat16]:.1f} GFLOP/s")
 
+def _print_table(bench: _Bench, cases: list[Case], compile_seconds: dict[str, float], compile_batch: int) -> None:
+    peak, gflop = bench.peak, bench.gflop
+    print(f"torch.mm peak (best of three times): float32 {peak[torch.float32]:.1f} GFLOP/s, bfloat16 {peak[torch.bfloat16]:.1f} GFLOP/s")
     naive_rate = next(case.rate for case in cases if case.method.startswith("(a)"))
     print()
     header = f"{'method':<52} {'batch':>6} {'crops':>6} {'best s':>8} {'crops/s':>9} {'GFLOP/s':>8} {'% mm peak':>9} {'vs naive':>8}"
@@ -307,15 +318,26 @@ def main(argv: list[str] | None = None) -> None:
         achieved = f"{rate * gflop:8.1f}" if case.dtype else f"{'-':>8}"
         share = f"{'-':>9}"
         if case.dtype:
-            reference = peak[case.dtype] if case.dtype == torch.float32 or native_bf16 else peak[torch.float32]
+            reference = peak[case.dtype] if case.dtype == torch.float32 or bench.native_bf16 else peak[torch.float32]
             share = f"{100 * rate * gflop / reference:8.0f}%"
         speedup = f"{rate / naive_rate:7.2f}x" if case.dtype else f"{'-':>8}"
         print(f"{case.method:<52} {str(case.batch):>6} {case.crops:>6} {case.best:8.2f} {rate:9.2f} {achieved} {share} {speedup}")
     for label, seconds in compile_seconds.items():
-        cache = "caches off" if args.cold_compile else "inductor's on-disk caches may hold it from an earlier run: see --cold-compile"
+        cache = "caches off" if bench.args.cold_compile else "inductor's on-disk caches may hold it from an earlier run: see --cold-compile"
         print(f"compile time of {label!r} (first call, batch {compile_batch}): {seconds:.1f} s ({cache})")
     print("rates are per ensemble member; an ensemble of n members scores n times slower.")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
+
+
+def main(argv: list[str] | None = None) -> None:
+    bench = _setup(_arguments(argv))
+    bench.measure_peak()
+    cases, eager = _eager_cases(bench)
+    print("phase 1: warps, naive, eager batch sweep, bf16", flush=True)
+    run_rounds(cases, bench.args.repeat, bench.device)
+    bench.measure_peak()
+    compiled, compile_seconds, compile_batch = _compiled_cases(bench, max(eager.values(), key=lambda case: case.rate))
+    _print_table(bench, cases + compiled, compile_seconds, compile_batch)
 
 
 def _first(boxes: list[np.ndarray], count: int) -> list[np.ndarray]:

@@ -9,9 +9,8 @@ identity (settings, member checkpoint digest, data) is reused; one with another 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from detection.core import distributed
 from detection.core.atomic import file_digest
 from detection.core.boxes import box_iou_numpy
 from detection.core.checkpoints import CheckpointError, first_difference, load_checkpoint
+from detection.core.devices import torch_threads
 from detection.core.problems import DataError, WarningTally
 from detection.data.records import Dataset, ImageRecord
 
@@ -171,18 +171,6 @@ def _finished(path: Path, classes: list[str], expected: dict[str, Any]) -> bool:
 # ----------------------------------------------------------------------------- per member, from files
 
 
-@contextlib.contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Run with ``num_threads`` torch CPU threads (None: unchanged), restoring the count after."""
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _image_spans(samples: RegressionSamples) -> list[tuple[int, int]]:
     """``(start, stop)`` of each image's run of samples (they are image-major)."""
     if not len(samples):
@@ -277,7 +265,7 @@ def fit_box_regressors(
     if not todo:
         logger.info("box regressors of member(s) %s already fitted in %s", chosen, members_dir)
     elif distributed.is_main():
-        with _torch_threads(num_threads):
+        with torch_threads(num_threads):
             samples = regression_samples(dataset, proposals, config.fg_iou, config.max_samples_per_class, config.seed)
             logger.info(
                 "box regression: %d samples (IoU >= %.2f, at most %d per class) for member(s) %s",

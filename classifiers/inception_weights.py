@@ -75,7 +75,7 @@ def _few(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + more
 
 
-def _load_checked(model: GoogLeNet, state: dict[str, Tensor], skip: Callable[[str], bool], source: str) -> None:
+def _load_state_checked(model: GoogLeNet, state: dict[str, Tensor], skip: Callable[[str], bool], source: str) -> None:
     """Load ``state`` into ``model``, every key and shape matching except those ``skip`` names.
 
     Auxiliary-head weights in the file are dropped when the model has no heads (the paper
@@ -131,40 +131,44 @@ def load_weights(
         model.reset_parameters()
         return model
     if isinstance(weights, str) and weights == "imagenet":
-        mismatches = model.config.torchvision_mismatches()
-        if mismatches:
-            raise ValueError(
-                "torchvision's ImageNet weights need the torchvision layout "
-                f"(GoogLeNetConfig.torchvision()); this model has {', '.join(mismatches)}"
-            )
-        path = imagenet_weights_path()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ImageNet GoogLeNet weights not found at {path}. Nothing is downloaded here: on a machine "
-                "with internet access run `python -c \"import torchvision; "
-                "torchvision.models.googlenet(weights='IMAGENET1K_V1')\"` and copy "
-                f"$TORCH_HOME/hub/checkpoints/{path.name} (~/.cache/torch/hub/checkpoints/ by default) to {path}, "
-                "or point TORCH_HOME at a directory that has hub/checkpoints/" + path.name
-            )
-        replace_classifier = model.config.num_classes != 1000
-        if replace_classifier:
-            logger.info(
-                "ImageNet weights: loading all but fc and the aux heads' fc2 (num_classes=%d, not 1000); "
-                "those keep their random initialisation",
-                model.config.num_classes,
-            )
-        if model.has_aux and not replace_classifier:
-            logger.warning("the auxiliary heads in torchvision's ImageNet file are not trained: train them before use")
-        if not model.config.transform_input:
-            logger.warning(
-                "ImageNet GoogLeNet weights expect inputs scaled to [-1, 1]; torchvision sets "
-                "transform_input=True to feed them ImageNet-normalised images, this model has it off"
-            )
-        _load_checked(model, _read_state_dict(path), lambda k: replace_classifier and _is_classifier_key(k), str(path))
-        logger.info("loaded ImageNet GoogLeNet weights from %s", path)
-        return model
+        return _load_imagenet(model)
     path = Path(weights)
-    _load_checked(model, _read_state_dict(path), lambda k: ignore_classifier and _is_classifier_key(k), str(path))
+    _load_state_checked(model, _read_state_dict(path), lambda k: ignore_classifier and _is_classifier_key(k), str(path))
     logger.info("loaded GoogLeNet weights from %s%s", path, " (classifier skipped)" if ignore_classifier else "")
     return model
 
+
+def _load_imagenet(model: GoogLeNet) -> GoogLeNet:
+    """:func:`load_weights` with ``"imagenet"``: torchvision's file from the hub cache, checked."""
+    mismatches = model.config.torchvision_mismatches()
+    if mismatches:
+        raise ValueError(
+            "torchvision's ImageNet weights need the torchvision layout "
+            f"(GoogLeNetConfig.torchvision()); this model has {', '.join(mismatches)}"
+        )
+    path = imagenet_weights_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet GoogLeNet weights not found at {path}. Nothing is downloaded here: on a machine "
+            "with internet access run `python -c \"import torchvision; "
+            "torchvision.models.googlenet(weights='IMAGENET1K_V1')\"` and copy "
+            f"$TORCH_HOME/hub/checkpoints/{path.name} (~/.cache/torch/hub/checkpoints/ by default) to {path}, "
+            "or point TORCH_HOME at a directory that has hub/checkpoints/" + path.name
+        )
+    replace_classifier = model.config.num_classes != 1000
+    if replace_classifier:
+        logger.info(
+            "ImageNet weights: loading all but fc and the aux heads' fc2 (num_classes=%d, not 1000); "
+            "those keep their random initialisation",
+            model.config.num_classes,
+        )
+    if model.has_aux and not replace_classifier:
+        logger.warning("the auxiliary heads in torchvision's ImageNet file are not trained: train them before use")
+    if not model.config.transform_input:
+        logger.warning(
+            "ImageNet GoogLeNet weights expect inputs scaled to [-1, 1]; torchvision sets "
+            "transform_input=True to feed them ImageNet-normalised images, this model has it off"
+        )
+    _load_state_checked(model, _read_state_dict(path), lambda k: replace_classifier and _is_classifier_key(k), str(path))
+    logger.info("loaded ImageNet GoogLeNet weights from %s", path)
+    return model

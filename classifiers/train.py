@@ -58,7 +58,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -75,7 +74,7 @@ from classifiers.sampling import ImageWindows, WindowBatch, WindowSampler, build
 from detection.core import distributed
 from detection.core.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
 from detection.core.config_io import to_dict
-from detection.core.devices import autocast, prepare_model, resolve_device
+from detection.core.devices import autocast, prepare_model, resolve_device, torch_threads
 from detection.core.problems import DataError, WarningTally
 from detection.data.records import Dataset
 from proposals.store import ImageProposals
@@ -456,18 +455,6 @@ def _restore(path: Path, payload: dict[str, Any], state: _TrainingMember, device
     _set_rng_state(extra["rng"], device)
 
 
-@contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Run with ``num_threads`` torch CPU threads, restoring the previous count afterwards."""
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 # ----------------------------------------------------------------------------- distributed pieces
 
 
@@ -569,9 +556,14 @@ def _run_epoch(
         windows += len(inputs[1])
         bar.set_postfix(loss=f"{result.loss:.3f}")
     bar.close()
+    return _epoch_stats(state.epoch, losses, fg, bg, windows, lr, time.perf_counter() - started, label)
+
+
+def _epoch_stats(epoch: int, losses: list[float], fg: list[int], bg: list[int], windows: int, lr: float, seconds: float, label: str) -> EpochStats:
+    """This rank's running sums as the epoch's statistics, summed over ranks under torchrun."""
     batches = len(losses)
     loss = float(np.mean(losses)) if losses else float("nan")
-    if world > 1:
+    if distributed.world_size() > 1:
         # Sums over ranks; an epoch's loss is then the mean over all ranks' batches.
         totals = distributed.all_reduce_sum([sum(losses), batches, fg[0], fg[1], bg[0], bg[1], windows])
         batches, fg, bg, windows = int(totals[1]), [int(totals[2]), int(totals[3])], [int(totals[4]), int(totals[5])], int(totals[6])
@@ -579,12 +571,12 @@ def _run_epoch(
     if not batches:
         raise RuntimeError(f"{label}: no batch could be trained (every image unreadable?)")
     return EpochStats(
-        epoch=state.epoch + 1,
+        epoch=epoch + 1,
         loss=loss,
         fg_accuracy=fg[0] / fg[1] if fg[1] else float("nan"),
         bg_accuracy=bg[0] / bg[1] if bg[1] else float("nan"),
         lr=lr,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         batches=batches,
         windows=windows,
     )
@@ -608,6 +600,50 @@ def _finished_or_resume(path: Path, dataset: Dataset, run_config: dict[str, Any]
     payload = load_checkpoint(path, MEMBER_KIND, classes=dataset.classes)
     _check_resumable(path, payload, run_config)
     return payload
+
+
+def _training_device(device: str | torch.device) -> torch.device:
+    """The device to train on; under torchrun a GPU is named by index (each process made its own
+    GPU the current one), for DDP and for the RNG fork."""
+    torch_device = resolve_device(str(device))
+    if torch_device.type == "cuda" and torch_device.index is None:
+        torch_device = torch.device("cuda", torch.cuda.current_device())
+    return torch_device
+
+
+@dataclass
+class _MemberRun:
+    """What the epochs of one member's training need besides its state and data."""
+
+    path: Path
+    dataset: Dataset
+    classifier: RegionClassifierConfig
+    train: TrainConfig
+    member: int
+    device: torch.device
+    run_config: dict[str, Any]
+    info: dict[str, Any]
+    progress: bool
+
+
+def _epochs(run: _MemberRun, state: _TrainingMember, sampler: WindowSampler, source: _ImageSource, photometric: Any) -> None:
+    """Train the remaining epochs, saving the checkpoint after each (rank 0) behind a barrier."""
+    train, world = run.train, distributed.world_size()
+    # Wrapped after restoring, so DDP's initial broadcast sends the resumed weights.
+    network = _data_parallel(state.model, run.device)
+    while state.epoch < train.epochs:
+        label = f"member {run.member} epoch {state.epoch + 1}/{train.epochs}"
+        if world > 1:
+            torch.manual_seed(_rank_dropout_seed(train, run.member, state.epoch, distributed.rank()))
+        stats = _run_epoch(state, sampler, source, run.classifier, train, run.device, photometric, label, run.progress, network=network)
+        state.epoch += 1
+        state.history.append(stats.as_dict())
+        _log_epoch(run.member, train, stats)
+        run.info["unreadable_images"] = len(source.unreadable)
+        if distributed.is_main():
+            _save(run.path, run.run_config, run.dataset.classes, state, run.device, state.epoch >= train.epochs, run.info)
+        # The other ranks read this file on a rerun or at the next member: not before it is whole.
+        distributed.barrier()
 
 
 def train_member(
@@ -640,11 +676,7 @@ def train_member(
         CheckpointError: a file at ``out_path`` made with other settings, data or classes.
     """
     path = Path(out_path)
-    torch_device = resolve_device(str(device))
-    if torch_device.type == "cuda" and torch_device.index is None:
-        # Under torchrun each process has made its own GPU the current one: name it, for DDP
-        # and for the RNG fork below.
-        torch_device = torch.device("cuda", torch.cuda.current_device())
+    torch_device = _training_device(device)
     run_config = _run_config(dataset, classifier, train, member)
     payload = _finished_or_resume(path, dataset, run_config)
     if payload is not None and int(payload["extra"].get("epoch", 0)) >= train.epochs:
@@ -665,7 +697,7 @@ def train_member(
 
     fork_devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
     # The caller's torch RNG is left as it was; training draws from its own seeded stream.
-    with torch.random.fork_rng(devices=fork_devices), _torch_threads(train.num_threads):
+    with torch.random.fork_rng(devices=fork_devices), torch_threads(train.num_threads):
         state = _new_member(classifier, train, dataset.num_classes, torch_device)
         torch.manual_seed(member_seed(train, member))
         if payload is not None:
@@ -674,21 +706,7 @@ def train_member(
             stored_world = int(payload["extra"].get("world_size", 1))
             if stored_world != world:
                 logger.warning("member %d: started with %d process(es), continues with %d: the effective batch changes", member, stored_world, world)
-        # Wrapped after restoring, so DDP's initial broadcast sends the resumed weights.
-        network = _data_parallel(state.model, torch_device)
-        while state.epoch < train.epochs:
-            label = f"member {member} epoch {state.epoch + 1}/{train.epochs}"
-            if world > 1:
-                torch.manual_seed(_rank_dropout_seed(train, member, state.epoch, distributed.rank()))
-            stats = _run_epoch(state, sampler, source, classifier, train, torch_device, photometric, label, progress, network=network)
-            state.epoch += 1
-            state.history.append(stats.as_dict())
-            _log_epoch(member, train, stats)
-            info["unreadable_images"] = len(source.unreadable)
-            if distributed.is_main():
-                _save(path, run_config, dataset.classes, state, torch_device, state.epoch >= train.epochs, info)
-            # The other ranks read this file on a rerun or at the next member: not before it is whole.
-            distributed.barrier()
+        _epochs(_MemberRun(path, dataset, classifier, train, member, torch_device, run_config, info, progress), state, sampler, source, photometric)
     source.tally.log_summary()
     return path
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from proposals.store import SOURCES, ImageProposals, rank_scores
+from proposals.store import ImageProposals, rank_scores
 
 __all__ = ["merge_proposals", "unique_rows_first"]
 
@@ -37,11 +37,3 @@ def merge_proposals(*parts: ImageProposals) -> ImageProposals:
     sources = np.concatenate([part.sources for part in parts]).astype(np.uint8)
     keep = unique_rows_first(boxes)
     return ImageProposals(image_id, boxes[keep], rank_scores(len(keep)), sources[keep], errors)
-
-
-def source_name(code: int) -> str:
-    """The name of a source code stored in ``ImageProposals.sources``."""
-    for name, value in SOURCES.items():
-        if value == code:
-            return name
-    raise ValueError(f"unknown proposal source code {code}")

@@ -438,6 +438,23 @@ def match_predictions(locations: Tensor, logits: Tensor, gt_boxes: Tensor, alpha
     return rows.astype(np.int64), cols.astype(np.int64)
 
 
+def _matching_costs(locations: Tensor, logits: Tensor, gts: list[Tensor], largest: int, alpha: float, priors: Tensor | None) -> np.ndarray:
+    """``(N, K, G_max)`` float64 assignment costs of :func:`multibox_loss` (ground truth padded to
+    ``G_max``): one padded tensor and a single device-to-host copy for the whole batch."""
+    n, device = len(gts), locations.device
+    padded = torch.zeros(n, largest, 4, device=device)
+    for i, g in enumerate(gts):
+        padded[i, : len(g)] = g
+    with torch.no_grad():
+        if priors is None:
+            distances = ((locations.detach().float()[:, :, None, :] - padded[:, None, :, :]) ** 2).sum(-1)
+            costs = alpha / 2.0 * distances - logits.detach().float()[:, :, None]
+        else:
+            anchors = priors.detach().float().to(device)
+            costs = alpha / 2.0 * ((anchors[None, :, None, :] - padded[:, None, :, :]) ** 2).sum(-1)
+        return costs.double().cpu().numpy()
+
+
 def multibox_loss(
     locations: Tensor, logits: Tensor, gt_boxes_list: Sequence[Tensor], alpha: float = 0.3, priors: Tensor | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -487,18 +504,7 @@ def multibox_loss(
     match_terms = []
     matched = 0
     if largest:
-        # One padded cost tensor and a single device-to-host copy for the whole batch.
-        padded = torch.zeros(n, largest, 4, device=device)
-        for i, g in enumerate(gts):
-            padded[i, : len(g)] = g
-        with torch.no_grad():
-            if priors is None:
-                distances = ((locations.detach().float()[:, :, None, :] - padded[:, None, :, :]) ** 2).sum(-1)
-                costs = alpha / 2.0 * distances - logits.detach().float()[:, :, None]
-            else:
-                anchors = priors.detach().float().to(device)
-                costs = alpha / 2.0 * ((anchors[None, :, None, :] - padded[:, None, :, :]) ** 2).sum(-1)
-            costs = costs.double().cpu().numpy()
+        costs = _matching_costs(locations, logits, gts, largest, alpha, priors)
         for i, g in enumerate(gts):
             if len(g) == 0:
                 continue

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -314,8 +315,6 @@ def _train(
         # Epoch 0 on disk: the priors and the initial weights, so a run killed in its first
         # epoch does not redo k-means.
         _save(path, config, dataset, priors, 0, model, averaged, optimizer, history, fingerprint)
-
-    matching_priors = model.priors if config.matching == "priors" else None
     sampler = _EpochSampler()
     loader = DataLoader(
         _TrainingImages(dataset, config.input_size, config.cache_images),
@@ -325,9 +324,7 @@ def _train(
         persistent_workers=config.num_workers > 0,
         pin_memory=torch_device.type == "cuda",
     )
-    unreadable = WarningTally(f"multibox training on {dataset.spec}", logger)
-    seen_unreadable: set[int] = set()
-
+    step = _Step(model, averaged, optimizer, config, torch_device, WarningTally(f"multibox training on {dataset.spec}", logger))
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         lr = learning_rate(config, epoch)
@@ -336,52 +333,73 @@ def _train(
         torch.manual_seed(_epoch_seed(config.seed, epoch))
         sampler.batches = epoch_batches(len(dataset), config.batch_size, config.seed, epoch, config.hflip)
         model.train()
+        bar = tqdm(loader, desc=f"multibox epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        means, images_seen = step.epoch(bar, dataset, epoch)
+        history.append({"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - started, "images": images_seen, **means})
+        _log_epoch(history[-1], config.epochs)
+        _save(path, config, dataset, priors, epoch + 1, model, averaged, optimizer, history, fingerprint)
+    step.unreadable.log_summary()
+
+
+@dataclass
+class _Step:
+    """One MultiBox optimisation step after another, with the epoch's running means."""
+
+    model: MultiBox
+    averaged: AveragedModel
+    optimizer: torch.optim.Optimizer
+    config: MultiBoxConfig
+    device: torch.device
+    unreadable: WarningTally
+    seen_unreadable: set[int] = field(default_factory=set)
+
+    def epoch(self, batches: Any, dataset: Dataset, epoch: int) -> tuple[dict[str, float], int]:
+        """Train on every batch; the epoch's per-image mean loss terms and the images seen."""
+        matching_priors = self.model.priors if self.config.matching == "priors" else None
         sums = {"loss": 0.0, "match": 0.0, "conf": 0.0, "matched": 0.0}
         images_seen = 0
-        bar = tqdm(loader, desc=f"multibox epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
-        for images, boxes, failed in bar:
-            for index in failed:
-                if index not in seen_unreadable:
-                    seen_unreadable.add(index)
-                    record = dataset[index]
-                    unreadable.warn("unreadable image skipped", record.path or record.image_id)
+        for images, boxes, failed in batches:
+            self._note_unreadable(failed, dataset)
             if images is None:
                 continue
-            images = images.to(torch_device, memory_format=torch.channels_last, non_blocking=True)
-            with autocast(torch_device):
-                locations, logits = model(images)
-            loss, parts = multibox_loss(locations.float(), logits.float(), boxes, config.alpha, matching_priors)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            averaged.update_parameters(model)
+            loss, parts = self.step(images, boxes, matching_priors)
             count = len(boxes)
             images_seen += count
             sums["loss"] += float(loss.detach()) * count
             for key in ("match", "conf", "matched"):
                 sums[key] += float(parts[key]) * count
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        bar.close()
+            batches.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        batches.close()
         if images_seen == 0:
             raise DataError(dataset.spec, "no training image could be read")
         means = {key: value / images_seen for key, value in sums.items()}
         if not math.isfinite(means["loss"]):
             raise FloatingPointError(f"MultiBox training diverged in epoch {epoch + 1} (loss {means['loss']}): lower lr")
-        seconds = time.perf_counter() - started
-        history.append({"epoch": epoch + 1, "lr": lr, "seconds": seconds, "images": images_seen, **means})
-        logger.info(
-            "multibox epoch %d/%d: loss %.4f (match %.4f, conf %.4f, %.1f matched/image), lr %.4g, %d images, %.1fs",
-            epoch + 1,
-            config.epochs,
-            means["loss"],
-            means["match"],
-            means["conf"],
-            means["matched"],
-            lr,
-            images_seen,
-            seconds,
-        )
-        _save(path, config, dataset, priors, epoch + 1, model, averaged, optimizer, history, fingerprint)
-    unreadable.log_summary()
+        return means, images_seen
+
+    def step(self, images: Tensor, boxes: list[Tensor], matching_priors: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        images = images.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        with autocast(self.device):
+            locations, logits = self.model(images)
+        loss, parts = multibox_loss(locations.float(), logits.float(), boxes, self.config.alpha, matching_priors)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.averaged.update_parameters(self.model)
+        return loss, parts
+
+    def _note_unreadable(self, failed: list[int], dataset: Dataset) -> None:
+        for index in failed:
+            if index not in self.seen_unreadable:
+                self.seen_unreadable.add(index)
+                record = dataset[index]
+                self.unreadable.warn("unreadable image skipped", record.path or record.image_id)
+
+
+def _log_epoch(row: dict[str, float], epochs: int) -> None:
+    logger.info(
+        "multibox epoch %d/%d: loss %.4f (match %.4f, conf %.4f, %.1f matched/image), lr %.4g, %d images, %.1fs",
+        row["epoch"], epochs, row["loss"], row["match"], row["conf"], row["matched"], row["lr"], row["images"], row["seconds"],
+    )

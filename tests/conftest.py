@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,15 @@ def make_voc(tmp_path: Path):
         return root
 
     return build
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread. On a busy machine OpenMP barriers over two threads cost 10-100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["resolve_device", "bf16_supported", "autocast", "prepare_model"]
+__all__ = ["resolve_device", "bf16_supported", "autocast", "prepare_model", "torch_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +60,15 @@ def autocast(device: torch.device, enabled: bool = True) -> Iterator[None]:
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Move to ``device`` in channels_last (convolutions run faster in it on CPU and GPU)."""
     return model.to(device=device, memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run a block with ``num_threads`` torch CPU threads (None: unchanged), restoring the count after."""
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -41,14 +41,7 @@ from detection.pipeline import DetectConfig, detections_from_scores, fill_score_
 from proposals.store import ImageProposals, ProposalStore
 from tests.conftest import REPO
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread (the machine may be busy; OpenMP barriers then cost a lot)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- targets and deltas

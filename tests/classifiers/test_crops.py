@@ -32,13 +32,7 @@ MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
 STD = np.array(IMAGENET_STD, dtype=np.float32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread. On a busy machine OpenMP barriers over two threads cost 10-100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -27,13 +27,7 @@ NUM_CLASSES = 5
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread. On a busy machine OpenMP barriers over two threads cost 10-100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(seed: int) -> GoogLeNet:
