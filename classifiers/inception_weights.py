@@ -31,7 +31,7 @@ def imagenet_weights_path() -> Path:
     The hub directory is ``$TORCH_HOME/hub`` (``~/.cache/torch/hub`` by default) unless
     ``torch.hub.set_dir`` moved it.
     """
-    from torchvision.models import GoogLeNet_Weights
+    from torchvision.models import GoogLeNet_Weights  # torchvision.models loads slowly; only to name the file
 
     filename = os.path.basename(urlparse(GoogLeNet_Weights.IMAGENET1K_V1.url).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename

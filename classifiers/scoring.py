@@ -69,7 +69,7 @@ def _freezing(enabled: bool) -> contextlib.AbstractContextManager[object]:
     """Inductor's freezing, switched on around compiled calls: it is read when a graph compiles."""
     if not enabled:
         return contextlib.nullcontext()
-    import torch._inductor.config as inductor_config
+    import torch._inductor.config as inductor_config  # private compile settings, only when compiling
 
     return inductor_config.patch(freezing=True)
 
@@ -175,7 +175,7 @@ class CropScorer:
         if compile:
             # Every member is a new instance behind the same forward code, and dynamo keeps one
             # cache entry per instance: let the whole ensemble in before it falls back to eager.
-            import torch._dynamo.config as dynamo_config
+            import torch._dynamo.config as dynamo_config  # private compile settings, only when compiling
 
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * len(models) + 8)
         self.members = [_ScoringMember(m, self.device, channels_last, compile, compile_mode) for m in models]

@@ -65,6 +65,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from classifiers.crops import warp_crops
@@ -247,7 +248,7 @@ class _ImageSource:
 
 def build_photometric() -> Any:
     """R-CNN-style colour jitter: modest brightness/contrast and hue/saturation/value shifts."""
-    import albumentations as A
+    import albumentations as A  # slow to import; only with train.photometric
 
     return A.Compose(
         [
@@ -484,8 +485,6 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     """
     if not distributed.is_initialized():
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 

@@ -157,7 +157,7 @@ def ensemble_size_curve(
 
 def plot_size_curve(curve: SizeCurve, path: str | Path, protocol: str, title: str = "mAP vs ensemble size") -> Path:
     """The curve (mean with min-max band) as a PNG."""
-    import matplotlib
+    import matplotlib  # slow to import; only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

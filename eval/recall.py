@@ -134,7 +134,7 @@ def format_recall_table(results: Sequence[RecallResult]) -> str:
 
 def plot_recall(results: Sequence[RecallResult], out_dir: str | Path) -> list[Path]:
     """Recall vs number of proposals and recall vs IoU threshold, as two PNG files."""
-    import matplotlib
+    import matplotlib  # slow to import; only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -276,7 +276,7 @@ def kmeans_priors(boxes: np.ndarray, num_priors: int, seed: int, n_init: int = 3
     jittered copies of them (Gaussian noise, 0.05 of the image side); with no boxes at all, the
     priors are random boxes. Both cases are logged.
     """
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # scikit-learn loads slowly; only to make priors
 
     rng = np.random.default_rng(seed)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)

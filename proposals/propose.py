@@ -24,7 +24,9 @@ from typing import Any, Literal
 import numpy as np
 
 from detection.core.atomic import file_digest
+from detection.core.config_io import to_dict
 from detection.core.problems import DataError
+from detection.data.datasets import load_dataset
 from detection.data.records import Dataset
 from proposals.merge import merge_proposals
 from proposals.selective_search import SelectiveSearchConfig, configure_opencv_threads, selective_search
@@ -49,8 +51,6 @@ class ProposalConfig:
 
     def store_params(self) -> dict[str, Any]:
         """What defines the store's contents (a store made with other values is refused)."""
-        from detection.core.config_io import to_dict
-
         params: dict[str, Any] = {"method": self.method}
         if self.method in ("ss", "merged"):
             params["selective_search"] = to_dict(self.selective_search)
@@ -83,7 +83,7 @@ class _ImageProposer:
         self.config = config
         self.multibox = None
         if config.method in ("multibox", "merged"):
-            from proposals.multibox import MultiBoxProposer
+            from proposals.multibox import MultiBoxProposer  # torch: Selective-Search-only workers never load it
 
             self.multibox = MultiBoxProposer.from_checkpoint(config.multibox_checkpoint, device=device, top_k=config.top_k)
 
@@ -115,7 +115,6 @@ _WORKER: _ImageProposer | None = None
 
 def _init_worker(spec: str, fingerprint: str, config: ProposalConfig) -> None:
     global _WORKER
-    from detection.data.datasets import load_dataset
 
     configure_opencv_threads(1)
     if config.method != "ss":  # a Selective-Search-only worker never imports torch (seconds saved per worker)

@@ -29,7 +29,7 @@ def export_rcnn(store: ProposalStore, path: str | Path) -> Path:
     names = [item.image_id for item in items]
     per_image = [box_ops.xyxy_to_rcnn(item.boxes).astype(np.float64) for item in items]
     if path.suffix == ".mat":
-        import scipy.io
+        import scipy.io  # only for R-CNN's .mat files
 
         boxes_cell = np.empty((1, len(items)), dtype=object)
         images_cell = np.empty((1, len(items)), dtype=object)
@@ -61,7 +61,7 @@ def read_rcnn_file(path: str | Path) -> dict[str, np.ndarray]:
         raise StoreError(f"{path}: file not found")
     try:
         if path.suffix == ".mat":
-            import scipy.io
+            import scipy.io  # only for R-CNN's .mat files
 
             data = scipy.io.loadmat(path, squeeze_me=False)
             names = [str(np.squeeze(n)) for n in np.ravel(data["images"])]

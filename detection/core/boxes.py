@@ -129,7 +129,7 @@ def box_iou_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU of ``(N, 4)`` and ``(M, 4)`` tensors -> ``(N, M)`` (torchvision.ops)."""
-    import torchvision.ops
+    import torchvision.ops  # torch only where tensors are used: eval/ and Selective Search run without it
 
     return torchvision.ops.box_iou(boxes1, boxes2)
 
@@ -147,7 +147,7 @@ def nms(boxes: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor, iou
 
     A box is dropped when its IoU with a kept, higher-scored box is above ``iou_threshold``.
     """
-    import torch
+    import torch  # only where tensors are used: eval/ and Selective Search run without torch
     import torchvision.ops
 
     boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
@@ -162,7 +162,7 @@ def batched_nms(
     iou_threshold: float,
 ) -> np.ndarray:
     """Per-label NMS: boxes of different labels never suppress each other. Returns ``(K,)`` indices."""
-    import torch
+    import torch  # only where tensors are used: eval/ and Selective Search run without torch
     import torchvision.ops
 
     boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)

@@ -27,12 +27,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from detection.core import boxes as box_ops
 from detection.core.problems import DataError, WarningTally
 from detection.data.images import IMAGE_SUFFIXES, read_image, read_image_size
 from detection.data.records import Dataset, Detections, ImageRecord
+from detection.data.synthetic import synthetic_dataset
 
 __all__ = [
     "Dataset",
@@ -271,7 +273,7 @@ def _ilsvrc_synsets(root: Path) -> tuple[list[str], list[str]]:
         return wnids, names
     meta_file = data / "meta_det.mat"
     if meta_file.is_file():
-        import scipy.io
+        import scipy.io  # only for ILSVRC's meta_det.mat
 
         # The devkit's own code takes synsets(1:200): the DET classes come first.
         synsets = scipy.io.loadmat(meta_file, squeeze_me=True)["synsets"][:200]
@@ -493,7 +495,6 @@ def write_voc(dataset: Dataset, root: str | Path, splits: dict[str, list[str]] |
     Boxes are written as VOC 1-based inclusive pixels; a box that is not pixel-aligned is
     written with fractional coordinates, which :func:`read_voc` reads back exactly.
     """
-    import cv2
 
     root = Path(root)
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
@@ -531,8 +532,6 @@ def _coco_from_spec(spec: str, args: list[str]) -> Dataset:
 
 
 def _synthetic_from_spec(spec: str, args: list[str]) -> Dataset:
-    from detection.data.synthetic import synthetic_dataset
-
     try:
         num_images = int(args[0]) if args and args[0] else 200
         seed = int(args[1]) if len(args) > 1 and args[1] else 0

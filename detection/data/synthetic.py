@@ -410,7 +410,7 @@ def _layout(seed: int, index: int) -> _Layout:
 @functools.cache
 def _photo(name: str) -> np.ndarray:
     """One of scikit-learn's sample photos, ``(427, 640, 3)`` uint8 RGB, loaded once per process."""
-    from sklearn.datasets import load_sample_image
+    from sklearn.datasets import load_sample_image  # scikit-learn loads slowly; only the photo textures need it
 
     photo = np.ascontiguousarray(load_sample_image(name))
     photo.setflags(write=False)
