@@ -43,12 +43,9 @@ pycocotools does with image ids in record order), ``voc07``/``voc12`` by input o
 stable sort in the VOCdevkit).
 
 Speed: detections are sorted once by (class, image, -score) and every (class, image) group with
-both detections and ground truth is evaluated in padded blocks (groups bucketed by size so the
-padding at most doubles each side). IoUs are computed for a whole block at once; the greedy
-matching of ``ilsvrc`` and ``coco50`` loops over a detection's rank within its group, vectorised
-over the block's groups, and the VOC rule needs no loop at all. That loop runs as often as the
-largest group has detections: ordinary post-NMS output (up to a few hundred per class and image)
-costs milliseconds, while tens of thousands of one class in one image take about a second.
+both detections and ground truth is evaluated in padded blocks, IoUs a block at once; only the
+greedy matching of ``ilsvrc`` and ``coco50`` loops, over a detection's rank within its group
+(``benchmarks/bench_eval.py`` times it against pycocotools).
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ checked empirically against ``switchToSelectiveSearchFast/Quality`` in the tests
   smoothed 8-bit channel values), which need not match the MATLAB code's scale exactly.
 
 ``superpixel_scale`` multiplies the Felzenszwalb k of every graph segmentation, which is what
-the design calls the superpixel size: larger k merges more eagerly, so segments grow. Measured
-on sklearn's china/flower images at 500 px (fast mode), scale 2 keeps 46% and 50% of the boxes,
-the paper's "roughly halves". ``scale_min_size=True`` also multiplies ``min_size`` (small
-segments are absorbed too); that keeps only 33% and 38%, more than the paper's reduction.
+the design calls the superpixel size: larger k merges more eagerly, so segments grow, and scale
+2 about halves the boxes as the paper says (``rcnn bench proposals`` measures it).
+``scale_min_size=True`` also multiplies ``min_size`` (small segments are absorbed too), which
+removes more than the paper's reduction.
 ``config.k`` replaces the base k of the recipe; the other k values keep their ratio
 to it (fast: k, 2k, 3k), as OpenCV's ``base_k``/``inc_k`` defaults do.
 
@@ -40,8 +40,8 @@ segmentation runs as its own ``process()`` call; a box's *votes* are the number 
 that produced it (OpenCV deduplicates within one call, so this is the finest count available
 without segmenting twice). Boxes are ranked by votes (descending: boxes that many segmentations
 agree on first), then area (descending: a stand-in for the paper's preference for regions high
-in the grouping hierarchy), then ``(x1, y1, x2, y2)`` ascending. Agreement is rare: in fast
-mode over 95% of the boxes have one vote, so in practice the order is mostly by area. Scores are ``1 - rank / N``
+in the grouping hierarchy), then ``(x1, y1, x2, y2)`` ascending. Agreement is rare, so in practice
+the order is mostly by area. Scores are ``1 - rank / N``
 over the boxes that pass the ``min_side`` filter, so capping with ``max_boxes`` keeps a prefix
 and its scores unchanged.
 
