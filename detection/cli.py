@@ -161,7 +161,7 @@ def _run_recall(args: argparse.Namespace) -> int:
         plot_recall(results, args.out)
         print(f"wrote {args.out}/recall.md, recall.json, recall_vs_proposals.png, recall_vs_iou.png")
     for result in results:
-        print(f"{result.label} recall@0.5={result.recall_50:.4f} boxes/image={result.boxes_per_image:.1f}")
+        print(f"{result.label} recall@0.5={result.recall_50:.4f} AR={result.average_recall:.4f} boxes/image={result.boxes_per_image:.1f}")
     return 0
 
 
