@@ -10,7 +10,7 @@ A run directory holds every stage's output, so a rerun reuses what is there::
     RUNDIR/detections/scores/          per-member probabilities of every test proposal
     RUNDIR/detections/*.json           detections of the ensemble and of each member alone
     RUNDIR/timings.json                wall time of each stage when it last ran
-    RUNDIR/report.md, report.json      the tables; plots and a gallery beside them
+    RUNDIR/report.md, report.json      the tables (with the ensemble's error analysis); plots and a gallery beside them
 
 A run directory made with another config is refused unless ``force``; with ``force`` only the
 stages whose inputs changed are deleted and redone. A stage that fails leaves the outputs of the
@@ -151,6 +151,8 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
     """Run (or resume) every stage for ``config`` in ``run_dir``; write and return the report."""
     from classifiers.train import train_members
     from detection.pipeline import detections_from_scores, score_dataset
+    from eval.analysis import analyze_errors
+    from eval.analysis_report import format_summary, plot_fp_types
     from eval.compare import bootstrap_map_difference, ensemble_size_curve, plot_size_curve
     from eval.recall import proposal_recall
     from proposals.propose import run_proposals
@@ -230,11 +232,16 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
     # Proposal statistics on the test set, split by source.
     test_store = ProposalStore.open(run_dir / "proposals" / "test", test_set)
     items = test_store.load_all()
-    recall_rows = {"all": proposal_recall(test_set, {k: v.boxes for k, v in items.items()}, "all")}
+    test_boxes = {k: v.boxes for k, v in items.items()}
+    recall_rows = {"all": proposal_recall(test_set, test_boxes, "all")}
     for name, code in SOURCES.items():
         subset = {k: v.boxes[v.sources == code] for k, v in items.items()}
         if any(len(b) for b in subset.values()):
             recall_rows[name] = proposal_recall(test_set, subset, name)
+
+    # Error analysis of the ensemble (eval/analysis.py): error types, oracle AP, AP by size.
+    analysis = analyze_errors(test_set, detections_of["ensemble"], protocol, iou, config.evaluation.max_dets, test_boxes)
+    plot_fp_types(analysis, run_dir / "fp_types.png")
 
     from detection.visualize import write_gallery
 
@@ -252,6 +259,7 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
         "best_single": best_single.label,
         "ensemble_size_curve": dataclasses.asdict(curve),
         "bootstrap": None if bootstrap is None else dataclasses.asdict(bootstrap),
+        "error_analysis": analysis.to_json(),
         "timings": timer.times,
         "speed": {
             "proposal_seconds_per_image": {k: v.get("seconds_per_image") for k, v in timer.times.items() if k.startswith("proposals_")},
@@ -261,11 +269,14 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
         },
     }
     write_json(run_dir / "report.json", report)
-    write_text(run_dir / "report.md", _markdown(report, outcomes, ensemble, curve, report["bootstrap"], gallery, run_dir, regressed))
+    write_text(run_dir / "report.md", _markdown(report, outcomes, ensemble, curve, report["bootstrap"], gallery, run_dir, regressed, format_summary(analysis)))
     return report
 
 
-def _markdown(report: dict, singles: list[_Outcome], ensemble: _Outcome, curve: Any, bootstrap: Any, gallery: list[Path], run_dir: Path, regressed: _Outcome | None = None) -> str:
+def _markdown(
+    report: dict, singles: list[_Outcome], ensemble: _Outcome, curve: Any, bootstrap: Any, gallery: list[Path], run_dir: Path,
+    regressed: _Outcome | None = None, analysis_table: str = "",
+) -> str:
     protocol = report["protocol"]
     lines = [
         f"# Detection benchmark: {report['data']['test']}",
@@ -303,6 +314,13 @@ def _markdown(report: dict, singles: list[_Outcome], ensemble: _Outcome, curve: 
     lines += ["## mAP by ensemble size", "", curve.table(protocol), "", "![ensemble size](ensemble_size.png)", "", "## Per-class AP (ensemble)", "", "| class | AP |", "|---|---|"]
     for name, ap in ensemble.per_class.items():
         lines.append(f"| {name} | {ap:.4f} |")
+    if analysis_table:
+        lines += [
+            "", "## Error analysis (ensemble, test proposals)", "",
+            "AP each class would gain if one error type were fixed (oracle), recall, and coverage (the recall ceiling the proposals set); "
+            "definitions in eval/analysis.py, the full tables with `rcnn analyze`.", "",
+            analysis_table, "", "![false positive types](fp_types.png)",
+        ]
     lines += ["", "## Time and speed", "", "| stage | seconds |", "|---|---|"]
     for stage, row in report["timings"].items():
         lines.append(f"| {stage} | {row['seconds']:.1f} |")
