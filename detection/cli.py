@@ -59,6 +59,43 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- analyze
+
+
+def _add_analyze(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gt", required=True, metavar="SPEC", help="ground-truth dataset spec, e.g. voc:ROOT:test")
+    parser.add_argument("--detections", required=True, type=Path, metavar="FILE", help="detections JSON (ours, or COCO results)")
+    parser.add_argument("--proposals", type=Path, metavar="DIR", help="proposal store of the same dataset: splits missed objects by coverage")
+    parser.add_argument("--protocol", default="ilsvrc", choices=["ilsvrc", "voc07", "voc12", "coco50"])
+    parser.add_argument("--iou", type=float, default=0.5, help="Jaccard overlap threshold (default 0.5)")
+    parser.add_argument("--max-dets", type=int, default=100, help="detections per image and class kept by coco50")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes analysis.md, analysis.json and fp_types.png here")
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from detection.core.atomic import write_json, write_text
+    from detection.data.datasets import load_dataset
+    from detection.data.detection_files import read_detections
+    from eval.analysis import analyze_errors
+    from eval.analysis_report import format_analysis, format_summary, plot_fp_types
+    from proposals.store import ProposalStore
+
+    if not 0.0 < args.iou <= 1.0:
+        raise SystemExit(f"rcnn analyze: --iou must lie in (0, 1], got {args.iou}")
+    dataset = load_dataset(args.gt)
+    detections = read_detections(args.detections, dataset)
+    proposals = None
+    if args.proposals:
+        proposals = {image_id: item.boxes for image_id, item in ProposalStore.open(args.proposals, dataset).load_all().items()}
+    analysis = analyze_errors(dataset, detections, args.protocol, args.iou, args.max_dets, proposals)
+    write_json(args.out / "analysis.json", analysis.to_json())
+    plot_fp_types(analysis, args.out / "fp_types.png")
+    write_text(args.out / "analysis.md", format_analysis(analysis))
+    print(format_summary(analysis))
+    print(f"wrote {args.out}/analysis.md, analysis.json, fp_types.png")
+    return 0
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -165,7 +202,7 @@ def _run_recall(args: argparse.Namespace) -> int:
         plot_recall(results, args.out)
         print(f"wrote {args.out}/recall.md, recall.json, recall_vs_proposals.png, recall_vs_iou.png")
     for result in results:
-        print(f"{result.label} recall@0.5={result.recall_50:.4f} boxes/image={result.boxes_per_image:.1f}")
+        print(f"{result.label} recall@0.5={result.recall_50:.4f} AR={result.average_recall:.4f} boxes/image={result.boxes_per_image:.1f}")
     return 0
 
 
@@ -418,6 +455,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "train": (_add_train, _run_train, "fine-tune region classifier members (R-CNN windows) on stored proposals"),
     "detect": (_add_detect, _run_detect, "score proposals with an ensemble of region classifiers; per-class NMS; write detections"),
     "evaluate": (_add_evaluate, _run_evaluate, "mean average precision of a detections file (ILSVRC, VOC07, VOC12, COCO@IoU)"),
+    "analyze": (_add_analyze, _run_analyze, "error analysis of a detections file: false-positive and miss types, oracle AP per fix, AP by size"),
     "show": (_add_show, _run_show, "draw ground truth, proposals and detections on images as PNG"),
     "bench": (_add_bench, _run_bench, "benchmarks: detection (end to end), classification (Table 3), proposals (recall study)"),
     "simulate": (_add_simulate, _run_simulate, "score detections simulated from the ground truth under every protocol"),

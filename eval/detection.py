@@ -4,7 +4,9 @@ One entry point, :func:`evaluate`, scores a :class:`~detection.data.records.Dete
 :class:`~detection.data.records.Dataset` under one of four protocols. All of them sort each class's
 detections by score, decide which ones are true positives, and turn the running precision /
 recall into an average precision (AP) per class; the mean over classes that have ground truth is
-the mAP. They differ in how a detection is matched and how the curve is summarised:
+the mAP. :func:`match_detections` stops before the AP and hands over the matching itself (which
+detection took which box, which were ignored) for the error analysis in :mod:`eval.analysis`.
+The protocols differ in how a detection is matched and how the curve is summarised:
 
 ``ilsvrc``
     The ILSVRC DET devkit (``eval_det``). Each ground-truth box of width ``w`` and height ``h``
@@ -60,7 +62,7 @@ import numpy as np
 
 from detection.data.records import Dataset, Detections
 
-__all__ = ["PROTOCOLS", "EvaluationResult", "evaluate"]
+__all__ = ["PROTOCOLS", "EvaluationResult", "Matching", "evaluate", "match_detections"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +85,9 @@ VOC07_RECALL_POINTS = np.arange(11) / 10.0
 _BLOCK_ELEMENTS = 1 << 20
 
 # Per-block matcher: IoU (B, D, G) and global ground-truth positions (B, G), -1 at padding
-# -> (true_positive, ignored), both (B, D) bool.
-_BlockMatcher = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# -> (true_positive, ignored) (B, D) bool, and the column of the box each detection took or
+# landed on (B, D) int, -1 where none.
+_BlockMatcher = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -190,15 +193,90 @@ def evaluate(
         ValueError: unknown protocol, a threshold outside [0, 1], ``max_dets < 1``, detections on
             images or labels the dataset does not have, or NaN scores.
     """
+    started = time.perf_counter()
+    matching = match_detections(dataset, detections, protocol, iou, max_dets)
+    num_found = np.bincount(matching.found.labels, minlength=dataset.num_classes)
+    result = _result(dataset.classes, protocol, iou, matching.average_precision(), matching.num_positives, num_found)
+    logger.debug(
+        "%s: %d detections, %d boxes, mAP %.4f in %.3f s",
+        protocol, len(matching.found.labels), int(matching.positive.sum()), result.map, time.perf_counter() - started,
+    )
+    return result
+
+
+@dataclass
+class Matching:
+    """The fate of every scored detection under one protocol: what :func:`evaluate` counts.
+
+    ``found`` holds the detections the protocol scores (the ILSVRC blacklist and coco50's
+    ``max_dets`` already applied) sorted by (class, image, score descending, input order);
+    ``found.position`` is each one's index in the caller's table, ``found.images`` its record
+    position. ``truth`` holds the ground truth (blacklisted pairs removed) sorted by (class, image).
+
+    Per detection ``(D,)``: ``true_positive``; ``ignored`` (counts neither way: VOC difficult,
+    COCO ignore/crowd or out-of-range); ``matched_gt``, the index into ``truth`` of the box a
+    true positive took or an ignored detection landed on, -1 otherwise. Per box ``(G,)``:
+    ``positive`` (counts as an object to find) and ``threshold``, the IoU a detection must reach
+    on it (``iou``, or the ILSVRC per-box threshold).
+    """
+
+    protocol: str
+    iou: float
+    num_classes: int
+    found: _Found
+    truth: _GroundTruth
+    true_positive: np.ndarray
+    ignored: np.ndarray
+    matched_gt: np.ndarray
+    positive: np.ndarray
+    threshold: np.ndarray
+
+    @property
+    def num_positives(self) -> np.ndarray:
+        """Positives per class ``(C,)`` int64."""
+        return np.bincount(self.truth.labels[self.positive], minlength=self.num_classes)
+
+    def average_precision(
+        self, true_positive: np.ndarray | None = None, ignored: np.ndarray | None = None, num_positives: np.ndarray | None = None
+    ) -> np.ndarray:
+        """AP per class ``(C,)`` under the protocol's summary, NaN where a class has no positives.
+
+        By default from this matching's own flags; an error analysis passes edited ``(D,)`` flags
+        (a detection turned into a true positive, or removed by marking it ignored) or other
+        per-class positive counts ``(C,)``.
+        """
+        return _per_class_ap(
+            self.found.labels,
+            self.pooled_order(),
+            self.true_positive if true_positive is None else true_positive,
+            self.ignored if ignored is None else ignored,
+            self.num_positives if num_positives is None else num_positives,
+            _AP_SUMMARIES[self.protocol],
+        )
+
+    def pooled_order(self) -> np.ndarray:
+        """Positions ``(D,)`` into ``found`` in the order AP reads them: by class, then score
+        descending over all images; ties follow record order for ILSVRC and COCO (then input
+        order), input order for VOC."""
+        found = self.found
+        tie_breakers = (found.position,) if self.protocol.startswith("voc") else (found.images, found.position)
+        return np.lexsort(tuple(reversed(tie_breakers)) + (-found.scores, found.labels))
+
+
+def match_detections(
+    dataset: Dataset, detections: Detections, protocol: str = "ilsvrc", iou: float = 0.5, max_dets: int = 100
+) -> Matching:
+    """Match ``detections`` to ``dataset`` under ``protocol``: :func:`evaluate` without the AP.
+
+    Arguments and errors as for :func:`evaluate`.
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     if not 0.0 <= iou <= 1.0:
         raise ValueError(f"iou must lie in [0, 1], got {iou}")
     if max_dets < 1:
         raise ValueError(f"max_dets must be at least 1, got {max_dets}")
-    started = time.perf_counter()
-    num_images, num_classes = len(dataset), dataset.num_classes
-
+    num_images = len(dataset)
     truth = _flatten_ground_truth(dataset)
     found = _flatten_detections(dataset, detections)
     if protocol == "ilsvrc":
@@ -210,43 +288,33 @@ def evaluate(
     if protocol == "coco50":
         found = found.take(_rank_in_group(_group_keys(found.labels, found.images, num_images)) < max_dets)
 
-    positive, overlap_by_area, matcher = _protocol_rule(protocol, truth, iou)
-    true_positive, ignored = _match_all(found, truth, num_images, overlap_by_area, matcher)
+    positive, overlap_by_area, threshold, matcher = _protocol_rule(protocol, truth, iou)
+    true_positive, ignored, matched_gt = _match_all(found, truth, num_images, overlap_by_area, matcher)
     if protocol == "coco50":
         # pycocotools ignores unmatched detections outside the area range
         ignored |= ~true_positive & _outside_coco_range(found.boxes)
-
-    num_positives = np.bincount(truth.labels[positive], minlength=num_classes)
-    num_found = np.bincount(found.labels, minlength=num_classes)
-    # pooled over images, score ties follow record order for ILSVRC and COCO, input order for VOC
-    tie_breakers = (found.position,) if protocol.startswith("voc") else (found.images, found.position)
-    ap = _per_class_ap(found, true_positive, ignored, num_positives, tie_breakers, _AP_SUMMARIES[protocol])
-
-    result = _result(dataset.classes, protocol, iou, ap, num_positives, num_found)
-    logger.debug(
-        "%s: %d detections, %d boxes, mAP %.4f in %.3f s",
-        protocol, len(found.labels), int(positive.sum()), result.map, time.perf_counter() - started,
-    )
-    return result
+    return Matching(protocol, float(iou), dataset.num_classes, found, truth, true_positive, ignored, matched_gt, positive, threshold)
 
 
-def _protocol_rule(protocol: str, truth: _GroundTruth, iou: float) -> tuple[np.ndarray, np.ndarray, _BlockMatcher]:
+def _protocol_rule(protocol: str, truth: _GroundTruth, iou: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, _BlockMatcher]:
     """What a protocol makes of the ground truth (in ``truth``'s order).
 
     Returns:
         ``positive (G,)``: boxes that count as positives; ``by_det_area (G,)``: boxes whose IoU
-        divides by the detection's area (COCO crowd); the block matcher.
+        divides by the detection's area (COCO crowd); ``threshold (G,)``: the IoU a detection
+        needs on each box; the block matcher.
     """
     nothing = np.zeros(len(truth.labels), dtype=bool)
     if protocol == "ilsvrc":
-        matcher = functools.partial(_match_ilsvrc, gt_threshold=_ilsvrc_thresholds(truth.boxes, iou))
-        return ~nothing, nothing, matcher
+        threshold = _ilsvrc_thresholds(truth.boxes, iou)
+        return ~nothing, nothing, threshold, functools.partial(_match_ilsvrc, gt_threshold=threshold)
+    threshold = np.full(len(truth.labels), float(iou))
     if protocol in ("voc07", "voc12"):
         ignore = truth.difficult | truth.crowd
-        return ~ignore, nothing, functools.partial(_match_voc, gt_ignore=ignore, threshold=iou)
+        return ~ignore, nothing, threshold, functools.partial(_match_voc, gt_ignore=ignore, threshold=iou)
     ignore = truth.difficult | truth.crowd | _outside_coco_range(truth.boxes)
     matcher = functools.partial(_match_coco, gt_ignore=ignore, gt_crowd=truth.crowd, threshold=iou)
-    return ~ignore, truth.crowd, matcher
+    return ~ignore, truth.crowd, threshold, matcher
 
 
 def _result(
@@ -446,15 +514,17 @@ def _padded_iou(
 
 def _match_all(
     found: _Found, truth: _GroundTruth, num_images: int, by_det_area: np.ndarray, matcher: _BlockMatcher
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run ``matcher`` on every (class, image) group.
 
     ``found`` and ``truth`` must be sorted by group key (``found`` by score within a group).
-    Returns ``(true_positive, ignored)``, both ``(D,)`` bool aligned with ``found``; detections in
-    groups without boxes are false positives.
+    Returns ``(true_positive, ignored, matched_gt)``, all ``(D,)`` aligned with ``found``
+    (``matched_gt``: index into ``truth``, -1 where none); detections in groups without boxes
+    are false positives.
     """
     true_positive = np.zeros(len(found.labels), dtype=bool)
     ignored = np.zeros(len(found.labels), dtype=bool)
+    matched_gt = np.full(len(found.labels), -1, dtype=np.int64)
     det_keys = _group_keys(found.labels, found.images, num_images)
     gt_keys = _group_keys(truth.labels, truth.images, num_images)
     det_start = _group_starts(det_keys)
@@ -463,44 +533,49 @@ def _match_all(
     gt_count = np.searchsorted(gt_keys, det_keys[det_start], side="right") - gt_start
     for det_index, gt_index in _padded_blocks(det_start, det_count, gt_start, gt_count):
         overlaps = _padded_iou(found.boxes, truth.boxes, by_det_area, det_index, gt_index)
-        block_tp, block_ignored = matcher(overlaps, gt_index)
+        block_tp, block_ignored, column = matcher(overlaps, gt_index)
         valid = det_index >= 0
         true_positive[det_index[valid]] = block_tp[valid]
         ignored[det_index[valid]] = block_ignored[valid]
-    return true_positive, ignored
+        taken = np.where(column >= 0, np.take_along_axis(gt_index, np.maximum(column, 0), axis=1), -1)
+        matched_gt[det_index[valid]] = taken[valid]
+    return true_positive, ignored, matched_gt
 
 
 # ---------------------------------------------------------------------------------------------
 # Matching rules: one function per protocol, each on one padded block
 
 
-def _match_ilsvrc(overlaps: np.ndarray, gt_index: np.ndarray, gt_threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _match_ilsvrc(overlaps: np.ndarray, gt_index: np.ndarray, gt_threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ILSVRC rule: the best still-free box at or above its own threshold, first on ties.
 
     Args:
         overlaps: ``(B, D, G)`` IoU, -1 at padding. gt_index: ``(B, G)``, -1 at padding.
         gt_threshold: ``(G_all,)`` per-box thresholds.
     Returns:
-        ``(true_positive (B, D), ignored (B, D))``; nothing is ignored under this rule.
+        ``(true_positive (B, D), ignored (B, D), column (B, D))``: nothing is ignored under this
+        rule; ``column`` is the box a true positive took, -1 elsewhere.
     """
     blocks, depth, _ = overlaps.shape
     # the devkit also demands a real overlap, which matters when a zero-size box has threshold 0
     qualifies = (overlaps >= gt_threshold[gt_index][:, None, :]) & (overlaps > 0)
     taken = np.zeros((blocks, overlaps.shape[2]), dtype=bool)
     true_positive = np.zeros((blocks, depth), dtype=bool)
+    column = np.full((blocks, depth), -1, dtype=np.int64)
     rows = np.arange(blocks)
     for rank in range(depth):
         free = qualifies[:, rank] & ~taken
         best = np.where(free, overlaps[:, rank], -1.0).argmax(axis=1)
         hit = free[rows, best]
         true_positive[:, rank] = hit
+        column[:, rank] = np.where(hit, best, -1)
         taken[rows[hit], best[hit]] = True
-    return true_positive, np.zeros_like(true_positive)
+    return true_positive, np.zeros_like(true_positive), column
 
 
 def _match_voc(
     overlaps: np.ndarray, gt_index: np.ndarray, gt_ignore: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """VOC rule: only the highest-IoU box counts (first on ties); difficult hits are ignored.
 
     A box can be taken once, by the highest-scored detection that picks it, so no loop is needed:
@@ -510,7 +585,8 @@ def _match_voc(
         overlaps: ``(B, D, G)`` IoU, -1 at padding. gt_index: ``(B, G)``, -1 at padding.
         gt_ignore: ``(G_all,)`` difficult (or crowd) boxes.
     Returns:
-        ``(true_positive (B, D), ignored (B, D))``.
+        ``(true_positive (B, D), ignored (B, D), column (B, D))``: ``column`` is the box a true
+        positive took or an ignored detection hit, -1 elsewhere.
     """
     best = overlaps.argmax(axis=2)
     best_iou = np.take_along_axis(overlaps, best[..., None], axis=2)[..., 0]
@@ -521,12 +597,13 @@ def _match_voc(
     _, first = np.unique(best_gt.ravel()[claims], return_index=True)
     true_positive = np.zeros(hit.size, dtype=bool)
     true_positive[claims[first]] = True
-    return true_positive.reshape(hit.shape), ignored
+    true_positive = true_positive.reshape(hit.shape)
+    return true_positive, ignored, np.where(true_positive | ignored, best, -1)
 
 
 def _match_coco(
     overlaps: np.ndarray, gt_index: np.ndarray, gt_ignore: np.ndarray, gt_crowd: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """pycocotools' ``evaluateImg`` matching for one IoU threshold.
 
     pycocotools walks the boxes with normal ones first and keeps the *last* box whose IoU is at
@@ -538,7 +615,8 @@ def _match_coco(
         overlaps: ``(B, D, G)`` IoU (intersection over detection area for crowd), -1 at padding.
         gt_index: ``(B, G)``, -1 at padding. gt_ignore, gt_crowd: ``(G_all,)`` bool.
     Returns:
-        ``(true_positive (B, D), ignored (B, D))``: ignored means matched to an ignored box.
+        ``(true_positive (B, D), ignored (B, D), column (B, D))``: ignored means matched to an
+        ignored box; ``column`` is the box matched, -1 where none.
     """
     blocks, depth, width = overlaps.shape
     # pycocotools starts its running best at min(t, 1 - 1e-10) so that t = 1 can still match
@@ -550,6 +628,7 @@ def _match_coco(
     taken = np.zeros((blocks, width), dtype=bool)
     matched = np.zeros((blocks, depth), dtype=bool)
     on_ignored = np.zeros((blocks, depth), dtype=bool)
+    column = np.full((blocks, depth), -1, dtype=np.int64)
     rows = np.arange(blocks)
     for rank in range(depth):
         free_normal = normal[:, rank] & ~taken
@@ -561,8 +640,9 @@ def _match_coco(
         hit = free[rows, best]
         matched[:, rank] = hit
         on_ignored[:, rank] = hit & ~has_normal
+        column[:, rank] = np.where(hit, best, -1)
         taken[rows[hit], best[hit]] = True
-    return matched & ~on_ignored, on_ignored
+    return matched & ~on_ignored, on_ignored, column
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,22 +650,22 @@ def _match_coco(
 
 
 def _per_class_ap(
-    found: _Found,
+    labels: np.ndarray,
+    order: np.ndarray,
     true_positive: np.ndarray,
     ignored: np.ndarray,
     num_positives: np.ndarray,
-    tie_breakers: tuple[np.ndarray, ...],
     summary: Callable[[np.ndarray, np.ndarray, int], float],
 ) -> np.ndarray:
     """AP ``(C,)`` of every class (NaN where it has no positives).
 
-    Each class's detections are pooled over images in score order (ties: ``tie_breakers``,
-    most significant first) and ``summary(tp_cumsum, fp_cumsum, num_positives)`` turns the
-    running counts into an AP. Ignored detections stay in the sequence adding to neither count,
-    which leaves every AP summary here unchanged (as pycocotools does).
+    ``labels``, ``true_positive`` and ``ignored`` are ``(D,)``; ``order (D,)`` pools each
+    class's detections over images in score order (:meth:`Matching.pooled_order`), and
+    ``summary(tp_cumsum, fp_cumsum, num_positives)`` turns the running counts into an AP.
+    Ignored detections stay in the sequence adding to neither count, which leaves every AP
+    summary here unchanged (as pycocotools does).
     """
-    order = np.lexsort(tuple(reversed(tie_breakers)) + (-found.scores, found.labels))
-    labels = found.labels[order]
+    labels = labels[order]
     hits = true_positive[order].astype(np.int64)
     misses = (~true_positive & ~ignored)[order].astype(np.int64)
     bounds = np.searchsorted(labels, np.arange(len(num_positives) + 1))

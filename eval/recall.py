@@ -5,6 +5,8 @@ reaches. From those:
 
 - recall@t: the fraction of ground-truth boxes whose best overlap is at least ``t`` (the paper's
   "coverage" is recall@0.5);
+- average recall (AR), the mean of recall@t over t = 0.50, 0.55, ..., 0.95 (the standard
+  proposal metric; COCO's thresholds), over all boxes and per class, beside recall@0.5 per class;
 - ABO (average best overlap) per class, and MABO, the mean of the per-class ABOs;
 - recall@0.5 when only each image's first N proposals are kept (stores keep proposals ranked);
 - curves of recall against the number of proposals and against the IoU threshold.
@@ -24,10 +26,12 @@ import numpy as np
 from detection.core.boxes import box_iou_numpy
 from detection.data.records import Dataset
 
-__all__ = ["RecallResult", "proposal_recall", "format_recall_table", "plot_recall"]
+__all__ = ["RecallResult", "best_overlap", "proposal_recall", "format_recall_table", "plot_recall"]
 
 TOP_N = (100, 200, 500, 1000, 2000)
 CURVE_IOUS = np.round(np.arange(0.5, 1.0001, 0.05), 2)
+#: The IoU thresholds average recall is the mean over: 0.50:0.05:0.95.
+AR_IOUS = np.round(np.arange(0.5, 0.9501, 0.05), 2)
 
 
 @dataclass
@@ -43,6 +47,8 @@ class RecallResult:
     mabo: float
     abo_per_class: dict[str, float]
     recall_per_class: dict[str, float]
+    average_recall: float
+    ar_per_class: dict[str, float]
     recall_at_top: dict[int, float]
     curve_num_proposals: list[int] = field(default_factory=list)
     curve_recall_vs_num: list[float] = field(default_factory=list)
@@ -66,6 +72,12 @@ def _best_overlaps_by_rank(gt_boxes: np.ndarray, proposals: np.ndarray, ranks: n
     return running_best[:, columns]
 
 
+def best_overlap(gt_boxes: np.ndarray, proposals: np.ndarray) -> np.ndarray:
+    """``(G,)`` best IoU of each of ``gt_boxes (G, 4)`` over all ``proposals (P, 4)`` (0 without any)."""
+    proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
+    return _best_overlaps_by_rank(np.asarray(gt_boxes).reshape(-1, 4), proposals, np.array([max(len(proposals), 1)]))[:, 0]
+
+
 def proposal_recall(dataset: Dataset, proposals: Mapping[str, np.ndarray], label: str = "proposals") -> RecallResult:
     """Coverage statistics of ``proposals`` (image id -> ranked ``(B, 4)`` boxes) on ``dataset``.
 
@@ -87,12 +99,16 @@ def proposal_recall(dataset: Dataset, proposals: Mapping[str, np.ndarray], label
     def recall(values: np.ndarray, threshold: float) -> float:
         return float((values >= threshold).mean()) if len(values) else 0.0
 
-    abo_per_class, recall_per_class = {}, {}
+    def average_recall(values: np.ndarray) -> float:
+        return float(np.mean([recall(values, float(t)) for t in AR_IOUS]))
+
+    abo_per_class, recall_per_class, ar_per_class = {}, {}, {}
     for index, name in enumerate(dataset.classes):
         mine = best[gt_labels == index]
         if len(mine):
             abo_per_class[name] = float(mine.mean())
             recall_per_class[name] = recall(mine, 0.5)
+            ar_per_class[name] = average_recall(mine)
     rank_position = {int(r): j for j, r in enumerate(curve_ranks)}
     return RecallResult(
         label=label,
@@ -104,6 +120,8 @@ def proposal_recall(dataset: Dataset, proposals: Mapping[str, np.ndarray], label
         mabo=float(np.mean(list(abo_per_class.values()))) if abo_per_class else 0.0,
         abo_per_class=abo_per_class,
         recall_per_class=recall_per_class,
+        average_recall=average_recall(best),
+        ar_per_class=ar_per_class,
         recall_at_top={n: recall(best_by_rank[:, rank_position[n]], 0.5) for n in TOP_N},
         curve_num_proposals=[int(r) for r in curve_ranks],
         curve_recall_vs_num=[recall(best_by_rank[:, j], 0.5) for j in range(len(curve_ranks))],
@@ -113,7 +131,7 @@ def proposal_recall(dataset: Dataset, proposals: Mapping[str, np.ndarray], label
 
 
 def format_recall_table(results: Sequence[RecallResult]) -> str:
-    """A markdown table, one column per proposal set, then per-class coverage rows."""
+    """A markdown table, one column per proposal set, then per-class coverage and AR rows."""
     header = "| | " + " | ".join(r.label for r in results) + " |"
     lines = [header, "|---" * (len(results) + 1) + "|"]
 
@@ -123,12 +141,15 @@ def format_recall_table(results: Sequence[RecallResult]) -> str:
     row("boxes/image", [f"{r.boxes_per_image:.1f}" for r in results])
     row("recall@0.5", [f"{r.recall_50:.4f}" for r in results])
     row("recall@0.7", [f"{r.recall_70:.4f}" for r in results])
+    row("AR (0.50:0.95)", [f"{r.average_recall:.4f}" for r in results])
     row("MABO", [f"{r.mabo:.4f}" for r in results])
     for n in TOP_N:
         row(f"recall@0.5, top {n}", [f"{r.recall_at_top[n]:.4f}" for r in results])
     classes = sorted({name for r in results for name in r.recall_per_class})
     for name in classes:
         row(f"coverage: {name}", [f"{r.recall_per_class.get(name, float('nan')):.4f}" for r in results])
+    for name in classes:
+        row(f"AR: {name}", [f"{r.ar_per_class.get(name, float('nan')):.4f}" for r in results])
     return "\n".join(lines)
 
 

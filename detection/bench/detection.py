@@ -10,7 +10,7 @@ A run directory holds every stage's output, so a rerun reuses what is there::
     RUNDIR/detections/scores/          per-member probabilities of every test proposal
     RUNDIR/detections/*.json           detections of the ensemble and of each member alone
     RUNDIR/timings.json                wall time of each stage when it last ran
-    RUNDIR/report.md, report.json      the tables; plots and a gallery beside them
+    RUNDIR/report.md, report.json      the tables (with the ensemble's error analysis); plots and a gallery beside them
 
 A run directory made with another config is refused unless ``force``; with ``force`` only the
 stages whose inputs changed are deleted and redone. A stage that fails leaves the outputs of the
@@ -50,6 +50,8 @@ from detection.data.detection_files import write_detections
 from detection.data.records import Dataset, Detections
 from detection.pipeline import MemberScores, detections_from_scores, score_dataset
 from detection.visualize import write_gallery
+from eval.analysis import analyze_errors
+from eval.analysis_report import format_summary, plot_fp_types
 from eval.compare import bootstrap_map_difference, ensemble_size_curve, plot_size_curve
 from eval.detection import PROTOCOLS, evaluate
 from eval.recall import proposal_recall
@@ -191,7 +193,11 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
             test_set, detections_of["ensemble"], detections_of[best_single.label], config.evaluation.protocol, config.evaluation.iou,
             config.bench.bootstrap_resamples, config.bench.confidence, config.seed,
         )
-    recall_rows = _test_proposal_recall(run)
+    test_proposals = _test_proposals(run)
+    recall_rows = _test_proposal_recall(run, test_proposals)
+    # Error analysis of the ensemble (eval/analysis.py): error types, oracle AP, AP by size.
+    analysis = analyze_errors(test_set, detections_of["ensemble"], config.evaluation.protocol, config.evaluation.iou, config.evaluation.max_dets, {k: v.boxes for k, v in test_proposals.items()})
+    plot_fp_types(analysis, run_dir / "fp_types.png")
     gallery = write_gallery(test_set, run_dir / "gallery", detections=detections_of["ensemble"], max_images=config.bench.gallery_images)
     report = {
         "config": to_dict(config),
@@ -205,11 +211,12 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
         "best_single": best_single.label,
         "ensemble_size_curve": dataclasses.asdict(curve),
         "bootstrap": None if bootstrap is None else dataclasses.asdict(bootstrap),
+        "error_analysis": analysis.to_json(),
         "timings": run.timer.times,
         "speed": _speed(run, scores),
     }
     write_json(run_dir / "report.json", report)
-    write_text(run_dir / "report.md", _markdown(report, outcomes, ensemble, curve, report["bootstrap"], gallery, run_dir, regressed))
+    write_text(run_dir / "report.md", _markdown(report, outcomes, ensemble, curve, report["bootstrap"], gallery, run_dir, regressed, format_summary(analysis)))
     return report
 
 
@@ -292,9 +299,13 @@ def _size_curve(run: _Run, scores: MemberScores, singles: list[_Outcome], ensemb
     return curve
 
 
-def _test_proposal_recall(run: _Run) -> dict[str, Any]:
+def _test_proposals(run: _Run) -> dict[str, Any]:
+    """The stored test proposals: image id -> :class:`proposals.store.ImageProposals`."""
+    return ProposalStore.open(run.run_dir / "proposals" / "test", run.test_set).load_all()
+
+
+def _test_proposal_recall(run: _Run, items: dict[str, Any]) -> dict[str, Any]:
     """Recall of the test proposals, all of them and split by source."""
-    items = ProposalStore.open(run.run_dir / "proposals" / "test", run.test_set).load_all()
     rows = {"all": proposal_recall(run.test_set, {k: v.boxes for k, v in items.items()}, "all")}
     for name, code in SOURCES.items():
         subset = {k: v.boxes[v.sources == code] for k, v in items.items()}
@@ -316,7 +327,10 @@ def _speed(run: _Run, scores: MemberScores) -> dict[str, Any]:
     }
 
 
-def _markdown(report: dict, singles: list[_Outcome], ensemble: _Outcome, curve: Any, bootstrap: Any, gallery: list[Path], run_dir: Path, regressed: _Outcome | None = None) -> str:
+def _markdown(
+    report: dict, singles: list[_Outcome], ensemble: _Outcome, curve: Any, bootstrap: Any, gallery: list[Path], run_dir: Path,
+    regressed: _Outcome | None = None, analysis_table: str = "",
+) -> str:
     protocol = report["protocol"]
     lines = [
         f"# Detection benchmark: {report['data']['test']}",
@@ -354,6 +368,13 @@ def _markdown(report: dict, singles: list[_Outcome], ensemble: _Outcome, curve: 
     lines += ["## mAP by ensemble size", "", curve.table(protocol), "", "![ensemble size](ensemble_size.png)", "", "## Per-class AP (ensemble)", "", "| class | AP |", "|---|---|"]
     for name, ap in ensemble.per_class.items():
         lines.append(f"| {name} | {ap:.4f} |")
+    if analysis_table:
+        lines += [
+            "", "## Error analysis (ensemble, test proposals)", "",
+            "AP each class would gain if one error type were fixed (oracle), recall, and coverage (the recall ceiling the proposals set); "
+            "definitions in eval/analysis.py, the full tables with `rcnn analyze`.", "",
+            analysis_table, "", "![false positive types](fp_types.png)",
+        ]
     lines += ["", "## Time and speed", "", "| stage | seconds |", "|---|---|"]
     for stage, row in report["timings"].items():
         lines.append(f"| {stage} | {row['seconds']:.1f} |")

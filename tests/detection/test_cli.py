@@ -8,6 +8,7 @@ from detection.cli import main
 from detection.data.datasets import load_dataset
 from detection.data.detection_files import write_coco_results, write_detections
 from detection.simulate import simulate_detections
+from eval.detection import evaluate
 
 
 @pytest.fixture
@@ -78,3 +79,57 @@ def test_evaluate_on_bccd_test(bccd_root, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("RBC") for line in lines)
     assert 0.3 < float(lines[-1].split()[-1]) < 1.0
+
+
+def _gt_store(directory, dataset):
+    """A proposal store for ``dataset`` holding every other ground-truth box, slightly shifted."""
+    import numpy as np
+
+    from proposals.store import ImageProposals, ProposalStore
+
+    def compute(index):
+        record = dataset[index]
+        boxes = record.boxes[::2] + 1.0
+        return ImageProposals(record.image_id, boxes, np.ones(len(boxes), np.float32), np.zeros(len(boxes), np.uint8))
+
+    ProposalStore(directory, dataset, "test", {}, chunk_size=8).fill(compute)
+    return directory
+
+
+def test_analyze_writes_tables_json_and_figure(synthetic_files, tmp_path, capsys):
+    dataset, detections, path = synthetic_files
+    store = _gt_store(tmp_path / "store", dataset)
+    out = tmp_path / "analysis"
+    assert main(["analyze", "--gt", dataset.spec, "--detections", str(path), "--proposals", str(store), "--protocol", "voc12", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| class | #gt | AP | +localisation | +confusion | +background | recall | coverage |" in printed
+    report = json.loads((out / "analysis.json").read_text())
+    assert report["map"] == evaluate(dataset, detections, "voc12").map and report["with_proposals"]
+    coverage = [c["coverage"] for c in report["classes"].values()]
+    assert 0.3 < sum(coverage) / len(coverage) < 0.8  # every other box is covered
+    assert report["totals"]["missed"]["not_covered"] > 0
+    text = (out / "analysis.md").read_text()
+    assert "## Missed objects" in text and "![false positive types](fp_types.png)" in text
+    assert (out / "fp_types.png").stat().st_size > 1000
+
+
+def test_analyze_bad_inputs(synthetic_files, tmp_path, capsys, caplog):
+    dataset, _, path = synthetic_files
+    entries = json.loads(path.read_text())
+    entries += [
+        {"image_id": "nope1", "label": "circle", "score": 0.5, "box": [0, 0, 5, 5]},
+        {"image_id": "nope2", "label": "circle", "score": 0.5, "box": [0, 0, 5, 5]},
+        {"image_id": entries[0]["image_id"], "label": "unicorn", "score": 0.5, "box": [0, 0, 5, 5]},
+    ]
+    (tmp_path / "stray.json").write_text(json.dumps(entries))
+    assert main(["analyze", "--gt", dataset.spec, "--detections", str(tmp_path / "stray.json"), "--out", str(tmp_path / "a")]) == 0
+    assert "nope1" in caplog.text and "unicorn" in caplog.text
+    assert "detection for an image not in the dataset, dropped x2" in caplog.text
+    assert "detection with a label not in the dataset, dropped x1" in caplog.text
+    # A proposal store made for other data is refused, naming the store and what differs.
+    store = _gt_store(tmp_path / "other", load_dataset("synthetic:12:4"))
+    capsys.readouterr()
+    assert main(["analyze", "--gt", dataset.spec, "--detections", str(path), "--proposals", str(store), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "rcnn analyze: error:" in err and "made for a different dataset" in err and str(store) in err
+    assert not (tmp_path / "b").exists()

@@ -31,6 +31,12 @@ def test_hand_worked_recall():
     curve = dict(zip(result.curve_num_proposals, result.curve_recall_vs_num))
     assert curve[1] == pytest.approx(2 / 3) and curve[3] == 1.0
     assert result.recall_at_top[100] == 1.0
+    # Average recall over t = 0.50, 0.55, ..., 0.95 (best overlaps 0.5, 1 and 2/3): all three at
+    # 0.50, the dog and the 2/3 cat at 0.55-0.65, the dog alone at 0.70-0.95.
+    assert result.average_recall == pytest.approx((1 + 3 * 2 / 3 + 6 * 1 / 3) / 10)
+    assert result.ar_per_class["cat"] == pytest.approx((1 + 3 * 1 / 2) / 10)
+    assert result.ar_per_class["dog"] == 1.0
+    assert result.recall_per_class == {"cat": 1.0, "dog": 1.0}
 
 
 def test_missing_images_are_misses_and_outputs(tmp_path):
@@ -38,5 +44,7 @@ def test_missing_images_are_misses_and_outputs(tmp_path):
     assert result.recall_50 == pytest.approx(1 / 3)
     table = format_recall_table([result, result])
     assert "| recall@0.5 | 0.3333 | 0.3333 |" in table and "coverage: dog" in table
+    # the cat in a is covered exactly (IoU 1 at every threshold); the others not at all
+    assert "| AR (0.50:0.95) | 0.3333 | 0.3333 |" in table and "| AR: cat | 0.5000 | 0.5000 |" in table
     paths = plot_recall([result], tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths)

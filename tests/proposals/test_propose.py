@@ -46,10 +46,11 @@ def test_shards_then_recall(tmp_path, capsys):
     assert main(["recall", "--data", "synthetic:4:2", "--proposals", str(out), "--labels", "ss2x", "--out", str(tmp_path / "report")]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("ss2x recall@0.5=") and "boxes/image=" in last
+    assert 0.0 < float(last.split("AR=")[1].split()[0]) <= float(last.split("recall@0.5=")[1].split()[0])
     assert float(last.split("recall@0.5=")[1].split()[0]) > 0.5
     assert (tmp_path / "report" / "recall_vs_proposals.png").stat().st_size > 1000
     report = json.loads((tmp_path / "report" / "recall.json").read_text())
-    assert set(report["stores"]["ss2x"]) >= {"recall_50", "recall_70", "mabo", "recall_at_top", "recall_per_class"}
+    assert set(report["stores"]["ss2x"]) >= {"recall_50", "recall_70", "mabo", "recall_at_top", "recall_per_class", "average_recall", "ar_per_class"}
 
 
 def test_unreadable_image_is_counted_not_fatal(tmp_path, make_voc, capsys):

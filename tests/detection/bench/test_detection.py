@@ -44,6 +44,11 @@ def test_bench_detection_end_to_end_resume_and_refusal(tiny_run, capsys):
     for name in ("member0.json", "member1.json", "ensemble.json"):
         assert (out / "detections" / name).is_file()
     assert (out / "ensemble_size.png").is_file() and list((out / "gallery").glob("*.png"))
+    # The ensemble's error analysis: its table in report.md, its numbers in report.json, its figure.
+    assert "## Error analysis (ensemble, test proposals)" in printed and "| **mean** |" in printed
+    analysis = report["error_analysis"]
+    assert analysis["protocol"] == report["protocol"] and analysis["map"] == report["ensemble"]["map"] and analysis["with_proposals"]
+    assert (out / "fp_types.png").stat().st_size > 1000
     first = (out / "members" / "member0.pt").stat().st_mtime_ns
     # A rerun reuses every stage.
     assert main(_args(out)) == 0
