@@ -48,32 +48,9 @@ from classifiers.inception import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, GoogLe
 from classifiers.inception_cost import count_params_and_macs
 from classifiers.scoring import CropScorer
 from detection.core.devices import bf16_supported, resolve_device
+from timing import Case, matmul_gflops, run_rounds  # beside this script
 
 NAIVE_BATCH = 32
-
-
-@dataclass
-class Case:
-    """One timed configuration: ``run`` processes ``crops`` crops; ``best`` is its fastest run."""
-
-    method: str
-    batch: int
-    crops: int
-    dtype: torch.dtype | None  # None: no arithmetic to rate (warp only)
-    run: Callable[[], object]
-    best: float = float("inf")
-
-    @property
-    def rate(self) -> float:
-        return self.crops / self.best
-
-
-def run_rounds(cases: list[Case], repeat: int, device: torch.device) -> None:
-    """Time every case once per round, ``repeat`` rounds; keep each case's best time."""
-    for round_index in range(repeat):
-        for case in cases:
-            case.best = min(case.best, best_time(case.run, 1, device))
-        print(f"  round {round_index + 1}/{repeat}: " + ", ".join(f"{c.rate:.1f}" for c in cases) + " crops/s", flush=True)
 
 
 def _scoring(scorer: CropScorer, images: list[np.ndarray], boxes: list[np.ndarray], size: int) -> Callable[[], object]:
@@ -100,31 +77,6 @@ def random_proposals(image: np.ndarray, count: int, rng: np.random.Generator) ->
     x1 = rng.uniform(0, width - w)
     y1 = rng.uniform(0, height - h)
     return np.stack([x1, y1, x1 + w, y1 + h], axis=1).astype(np.float32)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best_time(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def matmul_gflops(dtype: torch.dtype, device: torch.device, repeat: int) -> float:
-    """Rate of one square ``torch.mm`` (GFLOP/s); small on CPUs where the dtype is emulated."""
-    n = 4096 if device.type == "cuda" else (2048 if dtype == torch.float32 or bf16_supported(device) else 512)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up: library initialisation, kernel choice
-    return 2 * n**3 / best_time(lambda: a @ b, max(repeat, 3), device) / 1e9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +273,7 @@ def _print_table(bench: _Bench, cases: list[Case], compile_seconds: dict[str, fl
             reference = peak[case.dtype] if case.dtype == torch.float32 or bench.native_bf16 else peak[torch.float32]
             share = f"{100 * rate * gflop / reference:8.0f}%"
         speedup = f"{rate / naive_rate:7.2f}x" if case.dtype else f"{'-':>8}"
-        print(f"{case.method:<52} {str(case.batch):>6} {case.crops:>6} {case.best:8.2f} {rate:9.2f} {achieved} {share} {speedup}")
+        print(f"{case.method:<52} {str(case.batch):>6} {case.items:>6} {case.best:8.2f} {rate:9.2f} {achieved} {share} {speedup}")
     for label, seconds in compile_seconds.items():
         cache = "caches off" if bench.args.cold_compile else "inductor's on-disk caches may hold it from an earlier run: see --cold-compile"
         print(f"compile time of {label!r} (first call, batch {compile_batch}): {seconds:.1f} s ({cache})")
