@@ -63,6 +63,7 @@ from detection import distributed
 from detection.atomic import file_digest
 from detection.boxes import box_iou_numpy
 from detection.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
+from detection.images import TRUNCATED_IMAGE, truncated_fault
 from detection.problems import DataError, WarningTally
 from detection.records import Dataset, ImageRecord
 
@@ -563,6 +564,8 @@ def _member_features(ensemble: Ensemble, dataset: Dataset, samples: RegressionSa
             tally.warn("unreadable image, its samples dropped", error.path, error.fault)
             bar.update(1)
             continue
+        if truncated_fault(dataset[index].path):
+            tally.count(TRUNCATED_IMAGE)
         if pending and pending + (stop - start) > ensemble.crops_per_batch:
             flush()
             pending = 0

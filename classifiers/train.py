@@ -76,6 +76,7 @@ from detection import distributed
 from detection.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
 from detection.config_io import to_dict
 from detection.devices import autocast, prepare_model, resolve_device
+from detection.images import TRUNCATED_IMAGE, truncated_fault
 from detection.problems import DataError, WarningTally
 from detection.records import Dataset
 from proposals.store import ImageProposals
@@ -220,13 +221,15 @@ def learning_rate(train: TrainConfig, epoch: int, step: int = 0, steps_per_epoch
 
 
 class _ImageSource:
-    """Decodes training images, optionally keeping them; unreadable ones are counted and skipped."""
+    """Decodes training images, optionally keeping them; unreadable ones are counted and skipped,
+    truncated ones decoded in part are used and counted (once per image, however often read)."""
 
     def __init__(self, dataset: Dataset, cache: bool) -> None:
         self.dataset = dataset
         self.cache = cache
         self.images: dict[int, np.ndarray] = {}
         self.unreadable: set[int] = set()
+        self.truncated: set[int] = set()
         self.tally = WarningTally(f"{dataset.spec} (training)", logger)
 
     def get(self, index: int) -> np.ndarray | None:
@@ -241,6 +244,9 @@ class _ImageSource:
             self.unreadable.add(index)
             self.tally.warn("unreadable image skipped", error.path, error.fault)
             return None
+        if index not in self.truncated and truncated_fault(self.dataset[index].path):
+            self.truncated.add(index)
+            self.tally.count(TRUNCATED_IMAGE)
         if self.cache:
             self.images[index] = image
         return image
@@ -685,6 +691,7 @@ def train_member(
             state.history.append(stats.as_dict())
             _log_epoch(member, train, stats)
             info["unreadable_images"] = len(source.unreadable)
+            info["truncated_images"] = len(source.truncated)
             if distributed.is_main():
                 _save(path, run_config, dataset.classes, state, torch_device, state.epoch >= train.epochs, info)
             # The other ranks read this file on a rerun or at the next member: not before it is whole.

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detection.images import TRUNCATED_IMAGE, truncated_fault
 from detection.problems import DataError, WarningTally
 from detection.records import Dataset
 from eval.classification import topk_error
@@ -123,6 +124,8 @@ def run_classification_track(
                     tally.warn("unreadable image, its objects skipped", error.path, error.fault)
                     usable[i] = False
                     continue
+                if truncated_fault(dataset[index].path):
+                    tally.count(TRUNCATED_IMAGE)
             images.append(cache[index])
             regions.append(items[i][1])
             kept.append(i)

@@ -41,6 +41,7 @@ import numpy as np
 from detection import distributed
 from detection.atomic import file_digest, write_json, write_npz
 from detection.boxes import batched_nms
+from detection.images import TRUNCATED_IMAGE, truncated_fault
 from detection.problems import DataError, WarningTally
 from detection.records import Dataset, Detections
 
@@ -196,6 +197,9 @@ def fill_score_cache(
                         image = dataset.load_image(record)
                     except DataError as error:
                         tally.warn("unreadable image, no detections", error.path, error.fault)
+                    else:
+                        if truncated_fault(record.path):
+                            tally.count(TRUNCATED_IMAGE)
                 box_array = item.boxes if image is not None else np.zeros((0, 4), np.float32)
                 images.append(image if image is not None else np.zeros((1, 1, 3), np.uint8))
                 batch_boxes.append(box_array)

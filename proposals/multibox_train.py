@@ -33,6 +33,7 @@ from tqdm import tqdm
 from detection.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
 from detection.config_io import to_dict
 from detection.devices import autocast, prepare_model, resolve_device
+from detection.images import TRUNCATED_IMAGE, truncated_fault
 from detection.problems import DataError, WarningTally
 from detection.records import Dataset
 from proposals.multibox import (
@@ -98,22 +99,24 @@ class _EpochSampler(Sampler[list[tuple[int, bool]]]):
 
 
 class _TrainingImages(torch.utils.data.Dataset):
-    """Item ``(index, mirror)`` -> ``(image (3, S, S) float32, boxes (G, 4) float32 normalised, index)``.
+    """Item ``(index, mirror)`` -> ``(image (3, S, S) float32, boxes (G, 4) float32 normalised, index,
+    truncated)``, ``truncated`` True for a truncated file decoded in part (a worker tells the parent).
 
-    An image that cannot be read gives ``(None, None, index)``; the collate function drops it.
+    An image that cannot be read gives ``(None, None, index, False)``; the collate function drops it.
     Boxes of zero width or height are dropped (they cannot be matched meaningfully).
     """
 
     def __init__(self, dataset: Dataset, size: int, cache: bool) -> None:
         self.dataset = dataset
         self.size = size
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray] | None] | None = {} if cache else None
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray, bool] | None] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Warped uint8 ``(S, S, 3)`` image and normalised ``(G, 4)`` boxes, or None if unreadable."""
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, bool] | None:
+        """Warped uint8 ``(S, S, 3)`` image, normalised ``(G, 4)`` boxes and whether the file was
+        truncated, or None if unreadable."""
         if self.cache is not None and index in self.cache:
             return self.cache[index]
         record = self.dataset[index]
@@ -125,30 +128,32 @@ class _TrainingImages(torch.utils.data.Dataset):
             height, width = image.shape[:2]
             boxes = np.clip(record.boxes / np.array([width, height, width, height], dtype=np.float32), 0.0, 1.0)
             boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-            loaded = (prepare_image(image, self.size), boxes.astype(np.float32))
+            loaded = (prepare_image(image, self.size), boxes.astype(np.float32), truncated_fault(record.path) is not None)
         if self.cache is not None:
             self.cache[index] = loaded
         return loaded
 
-    def __getitem__(self, item: tuple[int, bool]) -> tuple[Tensor | None, Tensor | None, int]:
+    def __getitem__(self, item: tuple[int, bool]) -> tuple[Tensor | None, Tensor | None, int, bool]:
         index, mirror = item
         loaded = self._load(index)
         if loaded is None:
-            return None, None, index
-        warped, boxes = loaded
+            return None, None, index, False
+        warped, boxes, truncated = loaded
         if mirror:
             warped = warped[:, ::-1]
             boxes = np.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], axis=1).astype(np.float32)
-        return image_tensor(warped), torch.from_numpy(np.ascontiguousarray(boxes).reshape(-1, 4)), index
+        return image_tensor(warped), torch.from_numpy(np.ascontiguousarray(boxes).reshape(-1, 4)), index, truncated
 
 
-def _collate(items: list[tuple[Tensor | None, Tensor | None, int]]) -> tuple[Tensor | None, list[Tensor], list[int]]:
-    """Stack the readable images: ``(images (B, 3, S, S) or None, [boxes (G, 4)] * B, unreadable indices)``."""
-    good = [(image, boxes) for image, boxes, _ in items if image is not None]
-    failed = [index for image, _, index in items if image is None]
+def _collate(items: list[tuple[Tensor | None, Tensor | None, int, bool]]) -> tuple[Tensor | None, list[Tensor], list[int], list[int]]:
+    """Stack the readable images: ``(images (B, 3, S, S) or None, [boxes (G, 4)] * B, unreadable
+    indices, indices of truncated files decoded in part)``."""
+    good = [(image, boxes) for image, boxes, _, _ in items if image is not None]
+    failed = [index for image, _, index, _ in items if image is None]
+    truncated = [index for _, _, index, cut in items if cut]
     if not good:
-        return None, [], failed
-    return torch.stack([image for image, _ in good]), [boxes for _, boxes in good], failed  # type: ignore[misc]
+        return None, [], failed, truncated
+    return torch.stack([image for image, _ in good]), [boxes for _, boxes in good], failed, truncated  # type: ignore[misc]
 
 
 def _polyak_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
@@ -327,6 +332,7 @@ def _train(
     )
     unreadable = WarningTally(f"multibox training on {dataset.spec}", logger)
     seen_unreadable: set[int] = set()
+    seen_truncated: set[int] = set()  # named in the log where decoded (perhaps a loader worker)
 
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
@@ -339,12 +345,15 @@ def _train(
         sums = {"loss": 0.0, "match": 0.0, "conf": 0.0, "matched": 0.0}
         images_seen = 0
         bar = tqdm(loader, desc=f"multibox epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
-        for images, boxes, failed in bar:
+        for images, boxes, failed, truncated in bar:
             for index in failed:
                 if index not in seen_unreadable:
                     seen_unreadable.add(index)
                     record = dataset[index]
                     unreadable.warn("unreadable image skipped", record.path or record.image_id)
+            for index in set(truncated) - seen_truncated:
+                seen_truncated.add(index)
+                unreadable.count(TRUNCATED_IMAGE)
             if images is None:
                 continue
             images = images.to(torch_device, memory_format=torch.channels_last, non_blocking=True)
