@@ -1,7 +1,7 @@
 """Reading images: every image enters the project here, as uint8 RGB ``(H, W, 3)``.
 
 Decoding goes through Pillow because it reports truncated and corrupt files as errors (OpenCV
-returns a partial image and prints to stderr). Grayscale, palette, RGBA, CMYK and 16-bit images
+returns a partial image or nothing, and prints to stderr), which leaves the choice to us. Grayscale, palette, RGBA, CMYK and 16-bit images
 are converted to 8-bit RGB; alpha is dropped (composited on black would invent content, and
 detection datasets use alpha rarely enough that dropping it is the expected behaviour).
 
