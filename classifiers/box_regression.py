@@ -535,7 +535,7 @@ def _member_features(ensemble: Ensemble, dataset: Dataset, samples: RegressionSa
         ``M`` tensors ``(S', D_m)`` float32 on the CPU, and the ``(S,)`` bool mask of the samples
         they cover (those of unreadable images are dropped, with a counted warning).
     """
-    from tqdm import tqdm
+    from detection.progress import progress_bar
 
     tally = WarningTally(f"box regression {dataset.spec}", logger)
     covered = np.zeros(len(samples), dtype=bool)
@@ -543,7 +543,7 @@ def _member_features(ensemble: Ensemble, dataset: Dataset, samples: RegressionSa
     starts = np.flatnonzero(np.r_[True, samples.image_indices[1:] != samples.image_indices[:-1]]) if len(samples) else np.zeros(0, np.int64)
     stops = np.r_[starts[1:], len(samples)].astype(np.int64)
     group: list[tuple[np.ndarray, slice]] = []
-    bar = tqdm(total=len(starts), desc="box regression features", unit="img", disable=not progress)
+    bar = progress_bar(total=len(starts), desc="box regression features", unit="img", disable=not progress)
 
     def flush() -> None:
         if not group:

@@ -538,7 +538,7 @@ def _run_epoch(
     its DDP wrapper under torchrun, where this rank trains its :func:`rank_share` of the epoch
     and the statistics are summed over ranks.
     """
-    from tqdm import tqdm
+    from detection.progress import progress_bar
 
     network = state.model if network is None else network
     rank, world = distributed.rank(), distributed.world_size()
@@ -551,7 +551,7 @@ def _run_epoch(
     lr = learning_rate(train, state.epoch, 0, steps)
     aux_weight = state.model.config.aux_weight
     share = rank_share(lambda: sampler.epoch(state.epoch), len(sampler), rank, world)
-    bar = tqdm(share, total=steps, desc=label, unit="batch", disable=not progress, leave=False)
+    bar = progress_bar(share, total=steps, desc=label, unit="batch", disable=not progress, leave=False)
     for step, batch in enumerate(bar):
         inputs = _batch_inputs(batch, source, classifier, device, photometric)
         # A step is a collective under DDP: if one rank has nothing to train on, all skip it.

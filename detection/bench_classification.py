@@ -96,7 +96,7 @@ def run_classification_track(
     progress: bool = True,
 ) -> ClassificationReport:
     """Top-1/top-5 errors for every (members, crops) cell of Table 3's shape."""
-    from tqdm import tqdm
+    from detection.progress import progress_bar
 
     from classifiers.ensemble import Ensemble
     from classifiers.multicrop import multicrop_batch
@@ -111,7 +111,7 @@ def run_classification_track(
     probabilities = {s: np.zeros((len(ensemble.models), len(items), dataset.num_classes)) for s in schemes}
     usable = np.ones(len(items), dtype=bool)
     cache: dict[int, np.ndarray] = {}
-    bar = tqdm(total=len(items) * len(schemes), desc="classification crops", unit="item", disable=not progress)
+    bar = progress_bar(total=len(items) * len(schemes), desc="classification crops", unit="item", disable=not progress)
     for start in range(0, len(items), items_per_batch):
         batch = list(range(start, min(len(items), start + items_per_batch)))
         images, regions, kept = [], [], []

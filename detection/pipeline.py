@@ -145,7 +145,7 @@ def fill_score_cache(
     With ``box_regression`` every chosen member needs its ``box_regressor{i}.pt`` beside it;
     the chunks then also hold the members' deltas and the image sizes.
     """
-    from tqdm import tqdm
+    from detection.progress import progress_bar
 
     from classifiers.box_regression import regressor_path
     from classifiers.ensemble import Ensemble, member_paths, parse_members
@@ -180,7 +180,7 @@ def fill_score_cache(
     tally = WarningTally(f"detect {dataset.spec}", logger)
     ensemble = Ensemble.from_dir(checkpoints_dir, dataset.classes, members, device, config.memory_budget_mb, box_regression, config.compile) if todo else None
     total = sum(min(config.chunk_images, len(dataset) - k * config.chunk_images) for k in todo)
-    bar = tqdm(total=total, desc="scoring", unit="img", disable=not progress or not todo or not distributed.is_main())
+    bar = progress_bar(total=total, desc="scoring", unit="img", disable=not progress or not todo or not distributed.is_main())
     for chunk in todo:
         indices = range(chunk * config.chunk_images, min(len(dataset), (chunk + 1) * config.chunk_images))
         ids, boxes, probabilities, deltas, sizes = [], [], [], [], []

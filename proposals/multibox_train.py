@@ -28,13 +28,13 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Sampler
-from tqdm import tqdm
 
 from detection.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
 from detection.config_io import to_dict
 from detection.devices import autocast, prepare_model, resolve_device
 from detection.images import TRUNCATED_IMAGE, truncated_fault
 from detection.problems import DataError, WarningTally
+from detection.progress import progress_bar
 from detection.records import Dataset
 from proposals.multibox import (
     CHECKPOINT_KIND,
@@ -251,7 +251,7 @@ def train_multibox(config: MultiBoxConfig, dataset: Dataset, out_dir: Path, devi
         dataset: training images and their ground-truth boxes (labels are not used).
         out_dir: where ``multibox.pt`` is written (atomically, after every epoch).
         device: ``auto``, ``cpu`` or ``cuda``.
-        progress: show a tqdm bar per epoch.
+        progress: show a progress bar per epoch (plain lines when stderr is not a terminal).
 
     Returns:
         The checkpoint path. Its ``model`` holds the averaged (Polyak) weights, the ones
@@ -344,7 +344,7 @@ def _train(
         model.train()
         sums = {"loss": 0.0, "match": 0.0, "conf": 0.0, "matched": 0.0}
         images_seen = 0
-        bar = tqdm(loader, desc=f"multibox epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        bar = progress_bar(loader, desc=f"multibox epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
         for images, boxes, failed, truncated in bar:
             for index in failed:
                 if index not in seen_unreadable:

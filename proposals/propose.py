@@ -150,7 +150,7 @@ def run_proposals(
     progress: bool = True,
 ) -> ProposalSummary:
     """Fill the store at ``out_dir`` with the missing chunks of this shard; resume, never redo."""
-    from tqdm import tqdm
+    from detection.progress import progress_bar
 
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard must lie in [0, {num_shards}), got {shard}")
@@ -158,7 +158,7 @@ def run_proposals(
     store.prepare()
     todo = sum(len(store.chunk_range(k)) for k in store.missing_chunks(shard, num_shards))
     started = time.perf_counter()
-    bar = tqdm(total=todo, desc=f"proposals ({config.method})", unit="img", disable=not progress or todo == 0)
+    bar = progress_bar(total=todo, desc=f"proposals ({config.method})", unit="img", disable=not progress or todo == 0)
     pool = None
     truncated: list[str] = []
     try:
