@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-__all__ = ["progress_bar", "PlainProgress"]
+__all__ = ["PlainProgress", "progress_bar"]
 
 #: Seconds between the lines a stand-in writes while its stage runs.
 LINE_INTERVAL = 60.0

@@ -17,9 +17,9 @@ import dataclasses
 import logging
 import multiprocessing
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
