@@ -42,13 +42,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import Case, matmul_gflops, run_rounds  # beside this script
 
 from classifiers.crops import context_boxes, warp_crops
 from classifiers.inception import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, GoogLeNetConfig
 from classifiers.inception_cost import count_params_and_macs
 from classifiers.scoring import CropScorer
 from detection.core.devices import bf16_supported, resolve_device
-from timing import Case, matmul_gflops, run_rounds  # beside this script
 
 NAIVE_BATCH = 32
 

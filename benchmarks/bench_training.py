@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from timing import Case, matmul_gflops, run_rounds  # beside this script
 
 from classifiers.crops import warp_crops
 from classifiers.inception_cost import count_params_and_macs
@@ -31,7 +32,6 @@ from classifiers.train import train_step
 from detection.config import load_config
 from detection.core.devices import autocast, bf16_supported, resolve_device
 from proposals.multibox import MultiBox, backbone_config, multibox_loss
-from timing import Case, matmul_gflops, run_rounds  # beside this script
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from classifiers.box_regression import (
     REGRESSOR_KIND,
@@ -35,6 +34,8 @@ from detection.core.boxes import box_iou_numpy
 from detection.core.checkpoints import CheckpointError, first_difference, load_checkpoint
 from detection.core.devices import torch_threads
 from detection.core.problems import DataError, WarningTally
+from detection.core.progress import progress_bar
+from detection.data.images import TRUNCATED_IMAGE, truncated_fault
 from detection.data.records import Dataset, ImageRecord
 
 __all__ = ["RegressionSamples", "match_proposals", "regression_samples", "fit_box_regressors"]
@@ -194,7 +195,7 @@ def _member_features(ensemble: Ensemble, dataset: Dataset, samples: RegressionSa
     covered = np.zeros(len(samples), dtype=bool)
     parts: list[list[Tensor]] = [[] for _ in ensemble.models]
     group: list[tuple[np.ndarray, np.ndarray]] = []
-    bar = tqdm(total=len(_image_spans(samples)), desc="box regression features", unit="img", disable=not progress)
+    bar = progress_bar(total=len(_image_spans(samples)), desc="box regression features", unit="img", disable=not progress)
 
     def flush() -> None:
         for scores in ensemble.score([image for image, _ in group], [boxes for _, boxes in group], features=True):
@@ -204,12 +205,15 @@ def _member_features(ensemble: Ensemble, dataset: Dataset, samples: RegressionSa
         group.clear()
 
     for start, stop in _image_spans(samples):
+        index = int(samples.image_indices[start])
         try:
-            image = dataset.load_image(int(samples.image_indices[start]))
+            image = dataset.load_image(index)
         except DataError as error:
             tally.warn("unreadable image, its samples dropped", error.path, error.fault)
             bar.update(1)
             continue
+        if truncated_fault(dataset[index].path):
+            tally.count(TRUNCATED_IMAGE)
         if group and sum(len(b) for _, b in group) + (stop - start) > ensemble.crops_per_batch:
             flush()
         group.append((image, samples.boxes[start:stop]))

@@ -77,6 +77,8 @@ from detection.core.checkpoints import CheckpointError, first_difference, load_c
 from detection.core.config_io import to_dict
 from detection.core.devices import autocast, prepare_model, resolve_device, torch_threads
 from detection.core.problems import DataError, WarningTally
+from detection.core.progress import progress_bar
+from detection.data.images import TRUNCATED_IMAGE, truncated_fault
 from detection.data.records import Dataset
 from proposals.store import ImageProposals
 
@@ -220,13 +222,15 @@ def learning_rate(train: TrainConfig, epoch: int, step: int = 0, steps_per_epoch
 
 
 class _ImageSource:
-    """Decodes training images, optionally keeping them; unreadable ones are counted and skipped."""
+    """Decodes training images, optionally keeping them; unreadable ones are counted and skipped,
+    truncated ones decoded in part are used and counted (once per image, however often read)."""
 
     def __init__(self, dataset: Dataset, cache: bool) -> None:
         self.dataset = dataset
         self.cache = cache
         self.images: dict[int, np.ndarray] = {}
         self.unreadable: set[int] = set()
+        self.truncated: set[int] = set()
         self.tally = WarningTally(f"{dataset.spec} (training)", logger)
 
     def get(self, index: int) -> np.ndarray | None:
@@ -241,6 +245,9 @@ class _ImageSource:
             self.unreadable.add(index)
             self.tally.warn("unreadable image skipped", error.path, error.fault)
             return None
+        if index not in self.truncated and truncated_fault(self.dataset[index].path):
+            self.truncated.add(index)
+            self.tally.count(TRUNCATED_IMAGE)
         if self.cache:
             self.images[index] = image
         return image
@@ -518,8 +525,6 @@ def _run_epoch(
     its DDP wrapper under torchrun, where this rank trains its :func:`rank_share` of the epoch
     and the statistics are summed over ranks.
     """
-    from tqdm import tqdm
-
     network = state.model if network is None else network
     rank, world = distributed.rank(), distributed.world_size()
     started = time.perf_counter()
@@ -531,7 +536,7 @@ def _run_epoch(
     lr = learning_rate(train, state.epoch, 0, steps)
     aux_weight = state.model.config.aux_weight
     share = rank_share(lambda: sampler.epoch(state.epoch), len(sampler), rank, world)
-    bar = tqdm(share, total=steps, desc=label, unit="batch", disable=not progress, leave=False)
+    bar = progress_bar(share, total=steps, desc=label, unit="batch", disable=not progress, leave=False)
     for step, batch in enumerate(bar):
         inputs = _batch_inputs(batch, source, classifier, device, photometric)
         # A step is a collective under DDP: if one rank has nothing to train on, all skip it.
@@ -639,6 +644,7 @@ def _epochs(run: _MemberRun, state: _TrainingMember, sampler: WindowSampler, sou
         state.history.append(stats.as_dict())
         _log_epoch(run.member, train, stats)
         run.info["unreadable_images"] = len(source.unreadable)
+        run.info["truncated_images"] = len(source.truncated)
         if distributed.is_main():
             _save(run.path, run.run_config, run.dataset.classes, state, run.device, state.epoch >= train.epochs, run.info)
         # The other ranks read this file on a rerun or at the next member: not before it is whole.

@@ -165,6 +165,8 @@ def _run_propose(args: argparse.Namespace) -> int:
         print(f"{args.out}: nothing to compute, every chunk of this shard is already in the store")
     if summary.failed:
         print(f"failed images: {summary.failed} (no proposals; listed in {args.out}/meta.json)")
+    if summary.truncated:
+        print(f"truncated images: {summary.truncated} (decoded in part, with proposals; named in the log)")
     print(summary.line())
     return 0
 

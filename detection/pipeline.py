@@ -20,10 +20,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from classifiers.box_regression import apply_deltas, regressor_path
 from classifiers.ensemble import Ensemble, member_paths
@@ -31,6 +31,8 @@ from detection.core import distributed
 from detection.core.atomic import file_digest, write_json, write_npz
 from detection.core.boxes import batched_nms
 from detection.core.problems import DataError, WarningTally
+from detection.core.progress import progress_bar
+from detection.data.images import TRUNCATED_IMAGE, truncated_fault
 from detection.data.records import Dataset, Detections, ImageRecord
 from proposals.store import ImageProposals, ProposalStore
 
@@ -163,10 +165,11 @@ def fill_score_cache(
         ensemble = Ensemble.from_dir(checkpoints_dir, dataset.classes, chosen, device, config.memory_budget_mb, box_regression, config.compile)
         tally = WarningTally(f"detect {dataset.spec}", logger)
         total = sum(len(_chunk_indices(dataset, config, k)) for k in todo)
-        with tqdm(total=total, desc="scoring", unit="img", disable=not progress or not distributed.is_main()) as bar:
-            for chunk in todo:
-                arrays = _score_chunk(dataset, _chunk_indices(dataset, config, chunk), proposals, ensemble, config, box_regression, tally, bar)
-                write_npz(_chunk_path(scores_dir, chunk), **arrays)
+        bar = progress_bar(total=total, desc="scoring", unit="img", disable=not progress or not distributed.is_main())
+        for chunk in todo:
+            arrays = _score_chunk(dataset, _chunk_indices(dataset, config, chunk), proposals, ensemble, config, box_regression, tally, bar)
+            write_npz(_chunk_path(scores_dir, chunk), **arrays)
+        bar.close()
         tally.log_summary()
     # Every chunk is on disk once all ranks arrive here.
     distributed.barrier()
@@ -191,13 +194,16 @@ def _image_and_boxes(dataset: Dataset, record: ImageRecord, item: ImageProposals
             image = dataset.load_image(record)
         except DataError as error:
             tally.warn("unreadable image, no detections", error.path, error.fault)
+        else:
+            if truncated_fault(record.path):
+                tally.count(TRUNCATED_IMAGE)
     if image is None:
         return np.zeros((1, 1, 3), np.uint8), np.zeros((0, 4), np.float32)
     return image, item.boxes
 
 
 def _score_chunk(
-    dataset: Dataset, indices: range, proposals: dict[str, ImageProposals], ensemble: Ensemble, config: DetectConfig, box_regression: bool, tally: WarningTally, bar: tqdm
+    dataset: Dataset, indices: range, proposals: dict[str, ImageProposals], ensemble: Ensemble, config: DetectConfig, box_regression: bool, tally: WarningTally, bar: Any
 ) -> dict[str, np.ndarray]:
     """The arrays of one chunk file: ids, box offsets, boxes, float16 probabilities (and deltas, sizes)."""
     ids, boxes, probabilities, deltas, sizes = [], [], [], [], []

@@ -8,12 +8,15 @@ ground-truth box of that class at IoU >= ``iou`` (the PASCAL rule, score thresho
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from detection.core.boxes import box_iou_numpy
+from detection.core.problems import DataError, WarningTally
+from detection.data.images import TRUNCATED_IMAGE, truncated_fault
 from detection.data.records import Dataset, Detections, ImageRecord
 
 __all__ = ["match_for_display", "draw_image", "write_gallery"]
@@ -23,6 +26,8 @@ GT_MISSED = (255, 150, 0)
 TRUE_POSITIVE = (40, 220, 40)
 FALSE_POSITIVE = (235, 40, 40)
 PROPOSAL = (70, 130, 255)
+
+logger = logging.getLogger(__name__)
 
 
 def match_for_display(record: ImageRecord, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -91,17 +96,29 @@ def write_gallery(
     score_threshold: float = 0.3,
     max_images: int = 12,
 ) -> list[Path]:
-    """One PNG per image (the first ``max_images``, or ``image_ids``) in ``out_dir``."""
+    """One PNG per image (the first ``max_images``, or ``image_ids``) in ``out_dir``.
+
+    Unreadable images are skipped and truncated ones drawn as decoded, both counted in the
+    closing summary line.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = set(image_ids) if image_ids else None
+    tally = WarningTally(f"show {dataset.spec}", logger)
     paths = []
     for record in dataset:
         if (wanted is not None and record.image_id not in wanted) or len(paths) >= max_images:
             continue
-        image = dataset.load_image(record)
+        try:
+            image = dataset.load_image(record)
+        except DataError as error:
+            tally.warn("unreadable image skipped", error.path, error.fault)
+            continue
+        if truncated_fault(record.path):
+            tally.count(TRUNCATED_IMAGE)
         drawn = draw_image(image, record, dataset.classes, None if proposals is None else proposals.get(record.image_id), detections, score_threshold)
         path = out_dir / f"{record.image_id.replace('/', '_')}.png"
         cv2.imwrite(str(path), drawn[:, :, ::-1])
         paths.append(path)
+    tally.log_summary()
     return paths

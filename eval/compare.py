@@ -96,7 +96,7 @@ def bootstrap_map_difference(
     progress: bool = False,
 ) -> BootstrapResult:
     """Paired bootstrap over images of ``mAP(A) - mAP(B)`` (percentile interval)."""
-    from tqdm import tqdm
+    from detection.core.progress import progress_bar
 
     if resamples < 10:
         raise ValueError("use at least 10 resamples")
@@ -104,7 +104,7 @@ def bootstrap_map_difference(
     map_b = evaluate(dataset, detections_b, protocol, iou).map
     rng = np.random.default_rng(seed)
     differences = np.empty(resamples)
-    for r in tqdm(range(resamples), desc="bootstrap", disable=not progress):
+    for r in progress_bar(range(resamples), desc="bootstrap", disable=not progress):
         picks = rng.integers(0, len(dataset), len(dataset))
         sample, (a, b) = resample(dataset, [detections_a, detections_b], picks)
         differences[r] = evaluate(sample, a, protocol, iou).map - evaluate(sample, b, protocol, iou).map

@@ -21,7 +21,8 @@ The protocols differ in how a detection is matched and how the curve is summaris
     that box is difficult, a true positive if the box is still free (the box is then taken), and a
     duplicate false positive otherwise; below the threshold it is a false positive. Difficult
     boxes are not positives. ``crowd`` boxes are treated exactly like difficult ones. ``voc07``
-    uses the 11-point AP of VOC 2007, ``voc12`` the all-point AP of VOC 2010 and later.
+    uses the 11-point AP of VOC 2007 at the devkit's own thresholds (MATLAB's ``0:0.1:1``, see
+    :data:`VOC07_RECALL_POINTS`), ``voc12`` the all-point AP of VOC 2010 and later.
 ``coco50``
     ``pycocotools.cocoeval.COCOeval`` for bounding boxes with ``iouThrs=[iou]``, the ``all`` area
     range and ``maxDets=[max_dets]``, reproduced to the last bit (101-point AP). ``crowd`` boxes
@@ -77,8 +78,30 @@ COCO_AREA_RANGE = (0.0, 1e10)
 #: pycocotools' recall thresholds ``0, 0.01, ..., 1`` (built the same way, so bit-identical).
 COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 
-#: VOC 2007's recall points ``k / 10``, each the nearest double, so a recall of exactly 3/10 reaches 0.3.
-VOC07_RECALL_POINTS = np.arange(11) / 10.0
+
+def matlab_colon(start: float, step: float, stop: float) -> np.ndarray:
+    """``start:step:stop`` as MATLAB's colon operator computes it in double precision.
+
+    For ``n = round((stop - start) / step)`` intervals, element ``k`` of the first half is
+    ``start + k*step`` and element ``n - k`` of the second half is ``stop - k*step``; an even ``n``
+    puts ``(start + stop) / 2`` in the middle. Only for steps that divide the range (as in the
+    devkits); which rounding a threshold gets decides whether an exact recall reaches it.
+    """
+    n = int(round((stop - start) / step))
+    values = np.empty(n + 1)
+    for k in range(n // 2 + 1):
+        values[k] = start + k * step
+        values[n - k] = stop - k * step
+    if n % 2 == 0:
+        values[n // 2] = (start + stop) / 2
+    return values
+
+
+#: VOC 2007's recall thresholds: ``VOCevaldet.m``'s ``t=0:0.1:1`` as MATLAB builds it. The fourth is
+#: ``3*0.1 = 0.30000000000000004``, which a recall of exactly 3/10 does not reach; 0.6 and 0.7 come
+#: from ``1 - 4*0.1`` and ``1 - 3*0.1``, the nearest doubles, which 6/10 and 7/10 do reach (python
+#: ports' ``np.arange(0., 1.1, 0.1)`` has 0.6000000000000001 and 0.7000000000000001 there instead).
+VOC07_RECALL_POINTS = matlab_colon(0.0, 0.1, 1.0)
 
 # Upper bound on (groups x detections x boxes) in one padded block: a few float64 temporaries of
 # this size stay in the tens of megabytes.
@@ -698,7 +721,13 @@ def _ap_all_point(tp: np.ndarray, fp: np.ndarray, num_positives: int) -> float:
 
 
 def _ap_voc07(tp: np.ndarray, fp: np.ndarray, num_positives: int) -> float:
-    """VOC 2007 11-point AP: mean over t in {0, 0.1, ..., 1} of the best precision at recall >= t."""
+    """VOC 2007 11-point AP: mean over the thresholds t of :data:`VOC07_RECALL_POINTS` of the best
+    precision at recall >= t (0 if none).
+
+    ``VOCevaldet.m`` sums ``ap = ap + p/11`` one threshold at a time; the mean here can differ from
+    that sum in the last bit, and unlike it gives exactly 1.0 (not 1.0000000000000002) for a
+    perfect curve.
+    """
     recall, precision = _voc_curve(tp, fp, num_positives)
     if len(recall) == 0:
         return 0.0

@@ -29,12 +29,13 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Sampler
-from tqdm import tqdm
 
 from detection.core.checkpoints import CheckpointError, first_difference, load_checkpoint, save_checkpoint
 from detection.core.config_io import to_dict
 from detection.core.devices import autocast, prepare_model, resolve_device
 from detection.core.problems import DataError, WarningTally
+from detection.core.progress import progress_bar
+from detection.data.images import TRUNCATED_IMAGE, truncated_fault
 from detection.data.records import Dataset
 from proposals.multibox import (
     CHECKPOINT_KIND,
@@ -99,22 +100,24 @@ class _EpochSampler(Sampler[list[tuple[int, bool]]]):
 
 
 class _TrainingImages(torch.utils.data.Dataset):
-    """Item ``(index, mirror)`` -> ``(image (3, S, S) float32, boxes (G, 4) float32 normalised, index)``.
+    """Item ``(index, mirror)`` -> ``(image (3, S, S) float32, boxes (G, 4) float32 normalised, index,
+    truncated)``, ``truncated`` True for a truncated file decoded in part (a worker tells the parent).
 
-    An image that cannot be read gives ``(None, None, index)``; the collate function drops it.
+    An image that cannot be read gives ``(None, None, index, False)``; the collate function drops it.
     Boxes of zero width or height are dropped (they cannot be matched meaningfully).
     """
 
     def __init__(self, dataset: Dataset, size: int, cache: bool) -> None:
         self.dataset = dataset
         self.size = size
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray] | None] | None = {} if cache else None
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray, bool] | None] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Warped uint8 ``(S, S, 3)`` image and normalised ``(G, 4)`` boxes, or None if unreadable."""
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, bool] | None:
+        """Warped uint8 ``(S, S, 3)`` image, normalised ``(G, 4)`` boxes and whether the file was
+        truncated, or None if unreadable."""
         if self.cache is not None and index in self.cache:
             return self.cache[index]
         record = self.dataset[index]
@@ -126,30 +129,32 @@ class _TrainingImages(torch.utils.data.Dataset):
             height, width = image.shape[:2]
             boxes = np.clip(record.boxes / np.array([width, height, width, height], dtype=np.float32), 0.0, 1.0)
             boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-            loaded = (prepare_image(image, self.size), boxes.astype(np.float32))
+            loaded = (prepare_image(image, self.size), boxes.astype(np.float32), truncated_fault(record.path) is not None)
         if self.cache is not None:
             self.cache[index] = loaded
         return loaded
 
-    def __getitem__(self, item: tuple[int, bool]) -> tuple[Tensor | None, Tensor | None, int]:
+    def __getitem__(self, item: tuple[int, bool]) -> tuple[Tensor | None, Tensor | None, int, bool]:
         index, mirror = item
         loaded = self._load(index)
         if loaded is None:
-            return None, None, index
-        warped, boxes = loaded
+            return None, None, index, False
+        warped, boxes, truncated = loaded
         if mirror:
             warped = warped[:, ::-1]
             boxes = np.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], axis=1).astype(np.float32)
-        return image_tensor(warped), torch.from_numpy(np.ascontiguousarray(boxes).reshape(-1, 4)), index
+        return image_tensor(warped), torch.from_numpy(np.ascontiguousarray(boxes).reshape(-1, 4)), index, truncated
 
 
-def _collate(items: list[tuple[Tensor | None, Tensor | None, int]]) -> tuple[Tensor | None, list[Tensor], list[int]]:
-    """Stack the readable images: ``(images (B, 3, S, S) or None, [boxes (G, 4)] * B, unreadable indices)``."""
-    good = [(image, boxes) for image, boxes, _ in items if image is not None]
-    failed = [index for image, _, index in items if image is None]
+def _collate(items: list[tuple[Tensor | None, Tensor | None, int, bool]]) -> tuple[Tensor | None, list[Tensor], list[int], list[int]]:
+    """Stack the readable images: ``(images (B, 3, S, S) or None, [boxes (G, 4)] * B, unreadable
+    indices, indices of truncated files decoded in part)``."""
+    good = [(image, boxes) for image, boxes, _, _ in items if image is not None]
+    failed = [index for image, _, index, _ in items if image is None]
+    truncated = [index for _, _, index, cut in items if cut]
     if not good:
-        return None, [], failed
-    return torch.stack([image for image, _ in good]), [boxes for _, boxes in good], failed  # type: ignore[misc]
+        return None, [], failed, truncated
+    return torch.stack([image for image, _ in good]), [boxes for _, boxes in good], failed, truncated  # type: ignore[misc]
 
 
 def _polyak_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
@@ -247,7 +252,7 @@ def train_multibox(config: MultiBoxConfig, dataset: Dataset, out_dir: Path, devi
         dataset: training images and their ground-truth boxes (labels are not used).
         out_dir: where ``multibox.pt`` is written (atomically, after every epoch).
         device: ``auto``, ``cpu`` or ``cuda``.
-        progress: show a tqdm bar per epoch.
+        progress: show a progress bar per epoch (plain lines when stderr is not a terminal).
 
     Returns:
         The checkpoint path. Its ``model`` holds the averaged (Polyak) weights, the ones
@@ -333,7 +338,7 @@ def _train(
         torch.manual_seed(_epoch_seed(config.seed, epoch))
         sampler.batches = epoch_batches(len(dataset), config.batch_size, config.seed, epoch, config.hflip)
         model.train()
-        bar = tqdm(loader, desc=f"multibox epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        bar = progress_bar(loader, desc=f"multibox epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
         means, images_seen = step.epoch(bar, dataset, epoch)
         history.append({"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - started, "images": images_seen, **means})
         _log_epoch(history[-1], config.epochs)
@@ -352,14 +357,15 @@ class _Step:
     device: torch.device
     unreadable: WarningTally
     seen_unreadable: set[int] = field(default_factory=set)
+    seen_truncated: set[int] = field(default_factory=set)
 
     def epoch(self, batches: Any, dataset: Dataset, epoch: int) -> tuple[dict[str, float], int]:
         """Train on every batch; the epoch's per-image mean loss terms and the images seen."""
         matching_priors = self.model.priors if self.config.matching == "priors" else None
         sums = {"loss": 0.0, "match": 0.0, "conf": 0.0, "matched": 0.0}
         images_seen = 0
-        for images, boxes, failed in batches:
-            self._note_unreadable(failed, dataset)
+        for images, boxes, failed, truncated in batches:
+            self._note_unreadable(failed, truncated, dataset)
             if images is None:
                 continue
             loss, parts = self.step(images, boxes, matching_priors)
@@ -390,12 +396,17 @@ class _Step:
         self.averaged.update_parameters(self.model)
         return loss, parts
 
-    def _note_unreadable(self, failed: list[int], dataset: Dataset) -> None:
+    def _note_unreadable(self, failed: list[int], truncated: list[int], dataset: Dataset) -> None:
+        """Warn once about each unreadable image; count each truncated one once (named in the log
+        where it was decoded, perhaps a loader worker)."""
         for index in failed:
             if index not in self.seen_unreadable:
                 self.seen_unreadable.add(index)
                 record = dataset[index]
                 self.unreadable.warn("unreadable image skipped", record.path or record.image_id)
+        for index in set(truncated) - self.seen_truncated:
+            self.seen_truncated.add(index)
+            self.unreadable.count(TRUNCATED_IMAGE)
 
 
 def _log_epoch(row: dict[str, float], epochs: int) -> None:

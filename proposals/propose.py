@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import multiprocessing
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,9 @@ import numpy as np
 from detection.core.atomic import file_digest
 from detection.core.config_io import to_dict
 from detection.core.problems import DataError
+from detection.core.progress import progress_bar
 from detection.data.datasets import load_dataset
+from detection.data.images import report_truncated, truncated_fault
 from detection.data.records import Dataset
 from proposals.merge import merge_proposals
 from proposals.selective_search import SelectiveSearchConfig, configure_opencv_threads, selective_search
@@ -70,6 +73,7 @@ class ProposalSummary:
     boxes_per_image: float
     seconds_per_image: float
     failed: int
+    truncated: int = 0  # truncated files decoded in part, among the images computed in this run
 
     def line(self) -> str:
         return f"images: {self.images}  boxes/image: {self.boxes_per_image:.1f}  seconds/image: {self.seconds_per_image:.3f}"
@@ -94,7 +98,9 @@ class _ImageProposer:
         except DataError as error:
             logger.warning("%s: skipped (%s)", error.path, error.fault)
             return ImageProposals.failed(record.image_id, error.fault)
-        return proposals_for_image(record.image_id, image, self.config, self.multibox)
+        proposals = proposals_for_image(record.image_id, image, self.config, self.multibox)
+        fault = truncated_fault(record.path)
+        return dataclasses.replace(proposals, truncated=fault) if fault else proposals
 
 
 def proposals_for_image(image_id: str, image: np.ndarray, config: ProposalConfig, multibox: Any = None) -> ImageProposals:
@@ -144,23 +150,26 @@ def run_proposals(
     progress: bool = True,
 ) -> ProposalSummary:
     """Fill the store at ``out_dir`` with the missing chunks of this shard; resume, never redo."""
-    from tqdm import tqdm
-
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard must lie in [0, {num_shards}), got {shard}")
     store = ProposalStore(out_dir, dataset, config.method, config.store_params(), chunk_size=config.chunk_size)
     store.prepare()
     todo = sum(len(store.chunk_range(k)) for k in store.missing_chunks(shard, num_shards))
     started = time.perf_counter()
-    bar = tqdm(total=todo, desc=f"proposals ({config.method})", unit="img", disable=not progress or todo == 0)
+    bar = progress_bar(total=todo, desc=f"proposals ({config.method})", unit="img", disable=not progress or todo == 0)
     pool = None
+    truncated: list[str] = []
     try:
         if workers > 1 and todo > 1:
             context = multiprocessing.get_context("spawn")
             pool = context.Pool(workers, initializer=_init_worker, initargs=(dataset.spec, dataset.fingerprint(), config))
-            computed = store.fill(_worker_compute, shard, num_shards, map_images=lambda f, idx: pool.imap(f, idx), progress=bar.update)
+            compute, map_images = _worker_compute, pool.imap
         else:
-            computed = store.fill(_ImageProposer(dataset, config, device), shard, num_shards, progress=bar.update)
+            compute, map_images = _ImageProposer(dataset, config, device), map
+        computed = store.fill(
+            compute, shard, num_shards, progress=bar.update,
+            map_images=lambda function, indices: _noting_truncated(dataset, map_images(function, indices), truncated),
+        )
     finally:
         bar.close()
         if pool is not None:
@@ -176,7 +185,23 @@ def run_proposals(
         # Only this shard's chunks exist; report what is there.
         counts = [len(item.boxes) for k in range(store.num_chunks) if store.chunk_path(k).is_file() for item in read_chunk(store.chunk_path(k))]
         boxes_per_image, failed = (float(np.mean(counts)) if counts else 0.0), 0
-    return ProposalSummary(len(dataset), computed, boxes_per_image, seconds / computed if computed else 0.0, failed)
+    if truncated:
+        logger.warning("%s: %d truncated image(s) decoded in part, their proposals made from what they hold", out_dir, len(truncated))
+    return ProposalSummary(len(dataset), computed, boxes_per_image, seconds / computed if computed else 0.0, failed, len(truncated))
+
+
+def _noting_truncated(dataset: Dataset, items: Iterator[ImageProposals], truncated: list[str]) -> Iterator[ImageProposals]:
+    """Pass ``items`` through, appending the ids of truncated images to ``truncated``.
+
+    Workers do not log data warnings, so the file is named here (once per process)."""
+    paths: dict[str, Path | None] | None = None
+    for item in items:
+        if item.truncated:
+            if paths is None:
+                paths = {record.image_id: record.path for record in dataset}
+            truncated.append(item.image_id)
+            report_truncated(paths[item.image_id] or item.image_id, item.truncated)
+        yield item
 
 
 def proposal_config_from_args(base: ProposalConfig, method: str | None, ss_mode: str | None, superpixel_scale: float | None, multibox: str | None, top_k: int | None) -> ProposalConfig:

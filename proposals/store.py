@@ -66,6 +66,9 @@ class ImageProposals:
     scores: np.ndarray
     sources: np.ndarray
     error: str = ""
+    # Not stored: set when the image was a truncated file decoded in part, so that a worker
+    # process can tell the parent (which counts and names such files).
+    truncated: str = ""
 
     @classmethod
     def failed(cls, image_id: str, error: str) -> ImageProposals:

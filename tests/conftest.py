@@ -1,5 +1,5 @@
-"""Shared fixtures: the real datasets beside the checkout, a small VOC folder builder, and an
-eager stand-in for the compiled scoring path."""
+"""Shared fixtures: the real datasets beside the checkout, a small VOC folder builder, a JPEG cut
+short, and an eager stand-in for the compiled scoring path."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from detection.data.datasets import load_dataset, write_voc
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -69,6 +71,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_truncated_jpeg(path: Path, pixels: np.ndarray, keep: float = 0.7) -> Path:
+    """Save uint8 RGB ``pixels`` as a baseline JPEG and cut the file to its first ``keep`` share
+    of bytes, as a download that stopped early leaves it. Returns ``path``."""
+    Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.fixture
+def truncated_jpeg():
+    """:func:`write_truncated_jpeg`, for tests that cut their own JPEG short."""
+    return write_truncated_jpeg
+
+
+@pytest.fixture
+def voc_with_truncated_jpeg(tmp_path: Path) -> tuple[Path, str]:
+    """``synthetic:6:0`` written as a VOC folder (splits ``all``) whose first image is a JPEG
+    missing its last 30% of bytes; returns ``(root, that image's id)``."""
+    dataset = load_dataset("synthetic:6:0")
+    root = write_voc(dataset, tmp_path / "voc_truncated", splits={"all": [record.image_id for record in dataset]})
+    first = dataset[0].image_id
+    (root / "JPEGImages" / f"{first}.png").unlink()  # the reader then finds {first}.jpg by its stem
+    write_truncated_jpeg(root / "JPEGImages" / f"{first}.jpg", dataset.load_image(0))
+    return root, first
 
 
 @pytest.fixture

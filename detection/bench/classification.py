@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from classifiers.ensemble import Ensemble
 from classifiers.multicrop import multicrop_batch
 from detection.core.problems import DataError, WarningTally
+from detection.core.progress import progress_bar
+from detection.data.images import TRUNCATED_IMAGE, truncated_fault
 from detection.data.records import Dataset
 from eval.classification import topk_error
 
@@ -131,7 +132,7 @@ def _item_probabilities(
     probabilities = {s: np.zeros((len(ensemble.models), len(items), dataset.num_classes)) for s in schemes}
     usable = np.ones(len(items), dtype=bool)
     cache: dict[int, np.ndarray] = {}
-    bar = tqdm(total=len(items) * len(schemes), desc="classification crops", unit="item", disable=not progress)
+    bar = progress_bar(total=len(items) * len(schemes), desc="classification crops", unit="item", disable=not progress)
     for start in range(0, len(items), items_per_batch):
         batch = list(range(start, min(len(items), start + items_per_batch)))
         images, regions, kept = [], [], []
@@ -144,6 +145,8 @@ def _item_probabilities(
                     tally.warn("unreadable image, its objects skipped", error.path, error.fault)
                     usable[i] = False
                     continue
+                if truncated_fault(dataset[index].path):
+                    tally.count(TRUNCATED_IMAGE)
             images.append(cache[index])
             regions.append(items[i][1])
             kept.append(i)

@@ -41,6 +41,12 @@ class WarningTally:
         elif self.counts[kind] == self.show + 1:
             self.logger.warning("further '%s' warnings are counted, not shown", kind)
 
+    def count(self, kind: str, number: int = 1) -> None:
+        """Count ``number`` faults of ``kind`` that were logged where they were found (e.g. a
+        truncated image, named once by :mod:`detection.data.images`): they reach the summary only."""
+        if number > 0:
+            self.counts[kind] += number
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())

@@ -360,6 +360,159 @@ def test_eleven_point_and_all_point_ap_by_hand() -> None:
     assert evaluate(dataset, detections, "voc07").map == pytest.approx(6 / 11, abs=1e-12)
 
 
+# ---------------------------------------------------------------------------------------------
+# VOC07 at the devkit's thresholds: recall landing exactly on k/10
+
+# VOCevaldet.m's ``for t=0:0.1:1`` as MATLAB evaluates the colon (first half 0 + k*0.1, second
+# half 1 - (10-k)*0.1, middle 0.5), typed out rather than computed.
+DEVKIT_THRESHOLDS = [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+def devkit_voc07_ap(outcomes: str, npos: int, thresholds: list[float] = DEVKIT_THRESHOLDS) -> float:
+    """``VOCevaldet.m``'s 11-point AP restated from a score-ordered outcome string.
+
+    ``T`` true positive, ``F`` false positive, ``I`` ignored (a difficult box: tp and fp both 0).
+    As in the devkit: ``tp=cumsum(tp); fp=cumsum(fp); rec=tp/npos; prec=tp./(fp+tp)``, then for
+    each t ``p=max(prec(rec>=t))``, 0 if empty, ``ap=ap+p/11``. MATLAB's max skips the NaN of 0/0.
+    """
+    tp = np.cumsum([c == "T" for c in outcomes], dtype=np.float64)
+    fp = np.cumsum([c == "F" for c in outcomes], dtype=np.float64)
+    rec = tp / npos
+    with np.errstate(invalid="ignore"):
+        prec = tp / (fp + tp)
+    ap = 0.0
+    for t in thresholds:
+        p = prec[(rec >= t) & ~np.isnan(prec)]
+        ap = ap + (p.max() if p.size else 0.0) / 11
+    return ap
+
+
+def outcome_case(npos: int, outcomes: str) -> tuple[Dataset, Detections]:
+    """One image, ``npos`` disjoint boxes of class ``x``, detections in score order: ``T`` on the next
+    unfound box, ``F`` on empty ground."""
+    boxes = [[20.0 * i, 0.0, 20.0 * i + 10.0, 10.0] for i in range(npos)]
+    dataset = make_dataset([ImageRecord("a", None, 20 * npos, 100, boxes, [0] * npos)], ["x"])
+    rows, found = [], 0
+    for rank, outcome in enumerate(outcomes):
+        box = boxes[found] if outcome == "T" else [0.0, 50.0, 10.0, 60.0]
+        found += outcome == "T"
+        rows.append(("a", 0, 1.0 - rank / 100, box))
+    return dataset, make_detections(rows)
+
+
+def test_devkit_thresholds_are_matlabs_colon() -> None:
+    from eval.detection import VOC07_RECALL_POINTS, matlab_colon
+
+    assert VOC07_RECALL_POINTS.tolist() == DEVKIT_THRESHOLDS
+    # 0:0.1:0.3 has n = 3: 0, 0.1 from the left; 0.3 - 0.1 = 0.19999999999999998 and 0.3 from the right
+    assert matlab_colon(0.0, 0.1, 0.3).tolist() == [0.0, 0.1, 0.3 - 0.1, 0.3]
+    assert matlab_colon(0.0, 0.1, 0.3)[2] != 0.2
+    # 0:0.1:0.4 has n = 4: 0.4 - 0.1 = 0.30000000000000004 on the right, middle (0 + 0.4) / 2 = 0.2
+    assert matlab_colon(0.0, 0.1, 0.4).tolist() == [0.0, 0.1, 0.2, 0.30000000000000004, 0.4]
+
+
+@pytest.mark.parametrize(
+    "npos, outcomes, expected",
+    [
+        # 3/10: TTT reaches recall 3/10 = 0.29999999999999999 < 0.30000000000000004 at precision 1;
+        # FFF, then T: recall 0.4 at 4/7. t = 0, .1, .2 -> 1; t = .3+ and .4 -> 4/7; t >= .5 -> 0.
+        #   (3 + 2 * 4/7) / 11 = 29/77 = 0.3766   (thresholds k/10 gave (4 + 4/7) / 11 = 32/77 = 0.4156)
+        (10, "TTTFFFT", 29 / 77),
+        # 6/20 = 0.3 too: six T (precision 1), six F, T at recall 7/20 = .35, precision 7/13.
+        # t = 0, .1, .2 -> 1; t = .3+ -> 7/13; t >= .4 -> 0.
+        #   (3 + 7/13) / 11 = 46/143 = 0.3217   (thresholds k/10: 4/11 = 0.3636)
+        (20, "TTTTTTFFFFFFT", 46 / 143),
+        # 6/10 = 0.6 reaches the devkit's 0.6 (1 - 4*0.1): six T, four F, T at recall .7, precision 7/11.
+        # t = 0 .. .6 (7 points) -> 1; t = .7 -> 7/11; t >= .8 -> 0.
+        #   (7 + 7/11) / 11 = 84/121 = 0.6942   (np.arange(0., 1.1, 0.1): (6 + 7/11) / 11 = 73/121 = 0.6033)
+        (10, "TTTTTTFFFFT", 84 / 121),
+        # 7/10 = 0.7 reaches the devkit's 0.7 (1 - 3*0.1): seven T, three F, T at recall .8, precision 8/11.
+        # t = 0 .. .7 (8 points) -> 1; t = .8 -> 8/11; t >= .9 -> 0.
+        #   (8 + 8/11) / 11 = 96/121 = 0.7934   (np.arange: (7 + 2 * 8/11) / 11 = 93/121 = 0.7686)
+        (10, "TTTTTTTFFFT", 96 / 121),
+        # 14/20 = 0.7: fourteen T, six F, T at recall .75, precision 15/21 = 5/7.
+        # t = 0 .. .7 (8 points) -> 1; t >= .8 -> 0.
+        #   8/11 = 0.7273   (np.arange: (7 + 5/7) / 11 = 54/77 = 0.7013)
+        (20, "T" * 14 + "F" * 6 + "T", 8 / 11),
+    ],
+)
+def test_voc07_at_exact_recall_points_by_hand(npos: int, outcomes: str, expected: float) -> None:
+    dataset, detections = outcome_case(npos, outcomes)
+    assert evaluate(dataset, detections, "voc07").per_class_ap["x"] == pytest.approx(expected, abs=1e-12)
+    assert devkit_voc07_ap(outcomes, npos) == pytest.approx(expected, abs=1e-12)
+
+
+def voc_outcome_case(seed: int) -> tuple[Dataset, Detections, dict[str, tuple[str, int]]]:
+    """Random VOC case whose classes hold 10 or 20 countable boxes (plus a few difficult ones)
+    over three images, with known outcomes: returns ``{class: (outcomes in score order, npos)}``.
+
+    Every detection lies exactly on a box (IoU 1) or on empty ground (IoU 0), so its outcome is
+    known without matching: ``T`` first hit on a countable box, ``F`` on empty ground or a
+    countable box already found, ``I`` on a difficult box. Scores are distinct.
+    """
+    rng = np.random.default_rng(seed)
+    classes = ["a", "b", "c"]
+    per_image: list[tuple[list[list[float]], list[int], list[bool]]] = [([], [], []) for _ in range(3)]
+    where: dict[int, list[tuple[int, list[float], bool]]] = {}
+    for label in range(len(classes)):
+        npos, difficult = int(rng.choice([10, 20])), int(rng.integers(0, 3))
+        where[label] = []
+        for slot in range(npos + difficult):
+            image = int(rng.integers(0, 3))
+            boxes, labels, flags = per_image[image]
+            box = [20.0 * len(boxes), 30.0 * label, 20.0 * len(boxes) + 10.0, 30.0 * label + 10.0]
+            boxes.append(box)
+            labels.append(label)
+            flags.append(slot >= npos)
+            where[label].append((image, box, slot >= npos))
+    records = [
+        ImageRecord(f"img{i}", None, 2000, 200, boxes or np.zeros((0, 4)), labels, difficult=flags)
+        for i, (boxes, labels, flags) in enumerate(per_image)
+    ]
+    dataset = make_dataset(records, classes)
+    rows, expected = [], {}
+    for label, name in enumerate(classes):
+        countable = [(image, box) for image, box, hard in where[label] if not hard]
+        hard = [(image, box) for image, box, is_hard in where[label] if is_hard]
+        order = rng.permutation(len(countable))
+        found, outcomes = 0, ""
+        for _ in range(int(rng.integers(len(countable) // 2, 2 * len(countable)))):
+            kind = rng.choice(["T", "F", "D", "I"], p=[0.55, 0.3, 0.1, 0.05])
+            if kind == "T" and found < len(countable):
+                image, box = countable[order[found]]
+                found += 1
+            elif kind == "D" and found > 0:
+                image, box = countable[order[int(rng.integers(0, found))]]
+                kind = "F"
+            elif kind == "I" and hard:
+                image, box = hard[int(rng.integers(0, len(hard)))]
+            else:
+                image, box, kind = int(rng.integers(0, 3)), [0.0, 150.0, 10.0, 160.0], "F"
+            outcomes += kind
+            rows.append((f"img{image}", label, 0.0, box))
+        expected[name] = (outcomes, len(countable))
+    # distinct scores, descending in the order the outcomes were planned (per class), input shuffled
+    scores = np.linspace(1.0, 0.01, len(rows))
+    rows = [(image, label, float(score), box) for (image, label, _, box), score in zip(rows, scores)]
+    shuffled = [rows[i] for i in rng.permutation(len(rows))]
+    return dataset, make_detections(shuffled), expected
+
+
+def test_voc07_equals_the_devkit_rule_on_random_cases() -> None:
+    arange_differs = 0
+    for seed in range(40):
+        dataset, detections, expected = voc_outcome_case(seed)
+        result = evaluate(dataset, detections, "voc07")
+        for name, (outcomes, npos) in expected.items():
+            assert result.num_gt[name] == npos
+            # equal up to the order of the sum (the devkit adds p/11 one threshold at a time)
+            assert result.per_class_ap[name] == pytest.approx(devkit_voc07_ap(outcomes, npos), abs=1e-12), (seed, name, outcomes)
+            # the cases do reach the points where the thresholds' rounding matters
+            ported = devkit_voc07_ap(outcomes, npos, np.arange(0.0, 1.1, 0.1).tolist())
+            arange_differs += abs(ported - result.per_class_ap[name]) > 1e-9
+    assert arange_differs > 0
+
+
 def test_class_without_ground_truth_is_left_out_of_the_mean() -> None:
     dataset = make_dataset([ImageRecord("a", None, 50, 50, [[0, 0, 10, 10]], [0])], ["x", "y", "z"])
     detections = make_detections([("a", 0, 0.9, [0, 0, 10, 10]), ("a", 1, 0.8, [0, 0, 10, 10])])

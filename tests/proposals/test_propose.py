@@ -82,3 +82,18 @@ def test_rcnn_file_round_trip(tmp_path, suffix):
         np.testing.assert_array_equal(raw[0], [1, 1, 20, 10])  # (y1, x1, y2, x2), 1-based inclusive
     imported = import_rcnn(path, dataset, tmp_path / "imported")
     np.testing.assert_array_equal(imported.load_all()[dataset[1].image_id].boxes, boxes[dataset[1].image_id])
+
+
+@pytest.mark.slow
+def test_truncated_jpeg_gets_proposals_and_is_named_once(voc_with_truncated_jpeg, tmp_path, capsys, caplog):
+    root, cut_id = voc_with_truncated_jpeg
+    # two workers first: they keep data warnings to themselves, so the parent names the file
+    for workers, name in (("2", "two"), ("1", "one")):
+        assert main(["propose", "--data", f"voc:{root}:all", "--method", "ss", "--workers", workers, "--out", str(tmp_path / name), *SMALL]) == 0
+        out = capsys.readouterr().out
+        assert "truncated images: 1" in out and "failed images" not in out
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        assert meta["failed_images"] == 0
+    assert sum(f"{cut_id}.jpg" in record.getMessage() for record in caplog.records) == 1
+    store = ProposalStore.open(tmp_path / "one", load_dataset(f"voc:{root}:all")).load_all()
+    assert len(store[cut_id].boxes) > 0

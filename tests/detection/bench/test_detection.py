@@ -228,3 +228,42 @@ def test_stage_inputs_of_box_regression(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
     _prepare_run_dir(run, load_config(None), force=False)
     assert left() == outputs
+
+
+@pytest.mark.slow
+def test_a_truncated_jpeg_is_used_by_every_stage_with_one_warning(voc_with_truncated_jpeg, tmp_path, caplog, capsys):
+    """A JPEG missing its last 30%: proposals, training windows, member and MultiBox training,
+    detections and the gallery (``rcnn show``) all use it; one line names the file, and each
+    stage's summary counts it."""
+    import logging
+
+    from classifiers.sampling import build_training_windows
+    from detection.data.datasets import load_dataset
+    from detection.data.detection_files import read_detections
+    from detection.data.images import TRUNCATED_IMAGE
+    from proposals.store import ProposalStore
+
+    root, cut_id = voc_with_truncated_jpeg
+    spec = f"voc:{root}:all"
+    out = tmp_path / "run"
+    args = ["bench", "detection", "--out", str(out)]
+    for override in TINY:
+        if not override.startswith("data."):
+            args += ["--set", override]
+    with caplog.at_level(logging.INFO):
+        assert main(args + ["--set", f"data.train={spec}", "--set", f"data.test={spec}"]) == 0
+        assert main(["show", "--data", spec, "--images", cut_id, "--out", str(tmp_path / "show")]) == 0
+    dataset = load_dataset(spec)
+    proposals = ProposalStore.open(out / "proposals" / "train", dataset).load_all()
+    assert not proposals[cut_id].error and len(proposals[cut_id].boxes) > 0
+    windows, _ = build_training_windows(dataset, proposals)
+    assert any(w.index == 0 and len(w.bg_boxes) + len(w.fg_boxes) > 0 and w.used_proposals for w in windows)
+    detections = read_detections(out / "detections" / "ensemble.json", dataset)
+    assert (detections.image_ids == cut_id).sum() > 0
+    assert (tmp_path / "show" / f"{cut_id}.png").is_file() and (out / "gallery" / f"{cut_id}.png").is_file()
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum(f"{cut_id}.jpg" in message for message in messages) == 1  # named once, in this process
+    counted = [m for m in messages if f"{TRUNCATED_IMAGE} x1" in m]
+    for stage in ("multibox training", "(training)", "detect ", "show "):
+        assert any(stage in m for m in counted), stage
+    assert sum("1 truncated image(s) decoded in part" in m for m in messages) == 2  # train and test proposals

@@ -80,7 +80,7 @@ def test_image_without_objects_and_missing_image(make_voc):
         read_voc(root)
 
 
-def test_truncated_image_fails_when_decoded_naming_it(make_voc):
+def test_truncated_jpeg_loads_in_part_and_one_without_picture_data_fails_naming_it(make_voc):
     root = make_voc({"a": (64, 64, [("cat", (1, 1, 9, 9), 0)])})
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "JPEGImages" / "a.jpg", quality=90)
     (root / "JPEGImages" / "a.png").unlink()
@@ -88,7 +88,11 @@ def test_truncated_image_fails_when_decoded_naming_it(make_voc):
     (root / "JPEGImages" / "a.jpg").write_bytes(data[: len(data) // 2])
     (root / "Annotations" / "a.xml").write_text((root / "Annotations" / "a.xml").read_text().replace("a.png", "a.jpg"))
     dataset = read_voc(root)  # the header is intact: reading annotations works
-    with pytest.raises(DataError, match="a.jpg"):
+    assert dataset.load_image(0).shape == (64, 64, 3)  # the first half of the picture, grey below
+    # cut just past the start-of-scan header (FFDA, then its 2-byte length): headers only, no picture
+    scan = data.index(b"\xff\xda")
+    (root / "JPEGImages" / "a.jpg").write_bytes(data[: scan + 2 + int.from_bytes(data[scan + 2 : scan + 4], "big")])
+    with pytest.raises(DataError, match="a.jpg.*before any picture data"):
         dataset.load_image(0)
 
 

@@ -1,9 +1,16 @@
+import logging
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from detection.core.problems import DataError
-from detection.data.images import read_image, read_image_size
+from detection.data.images import (
+    TRUNCATED_IMAGE,
+    read_image,
+    read_image_size,
+    truncated_fault,
+)
 
 
 def test_rgb_png_round_trip(tmp_path):
@@ -40,13 +47,45 @@ def test_16bit_scaled_to_8bit(tmp_path):
     assert np.all(np.diff(image[:, :, 0].ravel().astype(int)) >= 0)
 
 
-def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path):
-    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "t.jpg", quality=90)
-    data = (tmp_path / "t.jpg").read_bytes()
-    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="t.jpg"):
-        read_image(tmp_path / "t.jpg")
+def _smooth_pixels(height: int, width: int) -> np.ndarray:
+    """A smooth colour gradient: JPEG keeps it to within a few levels."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=2).astype(np.uint8)
+
+
+def test_truncated_jpeg_is_decoded_in_part_with_one_warning(tmp_path, truncated_jpeg, caplog):
+    pixels = _smooth_pixels(96, 64)
+    path = truncated_jpeg(tmp_path / "t.jpg", pixels, keep=0.7)
+    with caplog.at_level(logging.WARNING, logger="detection.data.images"):
+        first = read_image(path)
+        again = read_image(path)
+    assert first.shape == (96, 64, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    # the rows the file still holds come back; the missing bottom is the decoder's grey fill
+    assert np.abs(first[:16].astype(int) - pixels[:16]).max() <= 8
+    assert np.abs(first[-8:].astype(int) - pixels[-8:]).mean() > 20
+    lines = [r.getMessage() for r in caplog.records if "t.jpg" in r.getMessage()]
+    assert len(lines) == 1 and TRUNCATED_IMAGE in lines[0]  # once per file, not once per read
+    assert truncated_fault(path) and truncated_fault(str(path)) == truncated_fault(path)
+
+
+def test_intact_files_are_not_reported_truncated(tmp_path):
+    Image.fromarray(_smooth_pixels(16, 16)).save(tmp_path / "whole.jpg", quality=90)
+    read_image(tmp_path / "whole.jpg")
+    assert truncated_fault(tmp_path / "whole.jpg") is None and truncated_fault(None) is None
+
+
+def test_undecodable_jpeg_is_still_an_error_naming_the_file(tmp_path, truncated_jpeg):
+    # cut inside the headers: nothing of the picture is left to decode
+    path = truncated_jpeg(tmp_path / "h.jpg", _smooth_pixels(64, 64), keep=0.1)
+    with pytest.raises(DataError, match="h.jpg"):
+        read_image(path)
+    assert truncated_fault(path) is None
+    # a truncated PNG is not recovered either
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    (tmp_path / "p.png").write_bytes((tmp_path / "p.png").read_bytes()[:200])
+    with pytest.raises(DataError, match="p.png"):
+        read_image(tmp_path / "p.png")
 
 
 def test_not_an_image_and_missing(tmp_path):
