@@ -375,7 +375,13 @@ def _markdown(
             "definitions in eval/analysis.py, the full tables with `rcnn analyze`.", "",
             analysis_table, "", "![false positive types](fp_types.png)",
         ]
-    lines += ["", "## Time and speed", "", "| stage | seconds |", "|---|---|"]
+    lines += _time_and_gallery(report, gallery, run_dir)
+    return "\n".join(lines) + "\n"
+
+
+def _time_and_gallery(report: dict, gallery: list[Path], run_dir: Path) -> list[str]:
+    """The report's last sections: stage times, scoring speed, the gallery's pictures."""
+    lines = ["", "## Time and speed", "", "| stage | seconds |", "|---|---|"]
     for stage, row in report["timings"].items():
         lines.append(f"| {stage} | {row['seconds']:.1f} |")
     speed = report["speed"]
@@ -386,5 +392,4 @@ def _markdown(
         "## Gallery (ensemble detections; green true positive, red false positive, orange missed)",
         "",
     ]
-    lines += [f"![{p.stem}]({p.relative_to(run_dir)})" for p in gallery]
-    return "\n".join(lines) + "\n"
+    return lines + [f"![{p.stem}]({p.relative_to(run_dir)})" for p in gallery]
