@@ -41,6 +41,9 @@ def test_bench_detection_end_to_end_resume_and_refusal(tiny_run, capsys):
     assert {"proposals", "single", "ensemble", "ensemble_size_curve", "bootstrap", "timings", "speed"} <= set(report)
     assert len(report["single"]) == 2 and 0.0 <= report["ensemble"]["map"] <= 1.0
     assert report["proposals"]["all"]["boxes_per_image"] > 0 and "multibox" in report["proposals"]
+    for row in report["proposals"].values():  # average recall (IoU 0.50:0.95) lies below recall@0.5
+        assert 0.0 <= row["average_recall"] <= row["recall_50"]
+    assert "AR (0.5:0.95)" in printed
     for name in ("member0.json", "member1.json", "ensemble.json"):
         assert (out / "detections" / name).is_file()
     assert (out / "ensemble_size.png").is_file() and list((out / "gallery").glob("*.png"))
