@@ -35,7 +35,7 @@ from detection.core.checkpoints import CheckpointError, first_difference, load_c
 from detection.core.devices import torch_threads
 from detection.core.problems import DataError, WarningTally
 from detection.core.progress import progress_bar
-from detection.data.images import TRUNCATED_IMAGE, truncated_fault
+from detection.data.images import count_if_truncated
 from detection.data.records import Dataset, ImageRecord
 
 __all__ = ["RegressionSamples", "match_proposals", "regression_samples", "fit_box_regressors"]
@@ -212,8 +212,7 @@ def _member_features(ensemble: Ensemble, dataset: Dataset, samples: RegressionSa
             tally.warn("unreadable image, its samples dropped", error.path, error.fault)
             bar.update(1)
             continue
-        if truncated_fault(dataset[index].path):
-            tally.count(TRUNCATED_IMAGE)
+        count_if_truncated(tally, dataset[index].path)
         if group and sum(len(b) for _, b in group) + (stop - start) > ensemble.crops_per_batch:
             flush()
         group.append((image, samples.boxes[start:stop]))

@@ -78,7 +78,7 @@ from detection.core.config_io import to_dict
 from detection.core.devices import autocast, prepare_model, resolve_device, torch_threads
 from detection.core.problems import DataError, WarningTally
 from detection.core.progress import progress_bar
-from detection.data.images import TRUNCATED_IMAGE, truncated_fault
+from detection.data.images import count_if_truncated
 from detection.data.records import Dataset
 from proposals.store import ImageProposals
 
@@ -245,9 +245,8 @@ class _ImageSource:
             self.unreadable.add(index)
             self.tally.warn("unreadable image skipped", error.path, error.fault)
             return None
-        if index not in self.truncated and truncated_fault(self.dataset[index].path):
+        if index not in self.truncated and count_if_truncated(self.tally, self.dataset[index].path):
             self.truncated.add(index)
-            self.tally.count(TRUNCATED_IMAGE)
         if self.cache:
             self.images[index] = image
         return image

@@ -32,7 +32,7 @@ from detection.core.atomic import file_digest, write_json, write_npz
 from detection.core.boxes import batched_nms
 from detection.core.problems import DataError, WarningTally
 from detection.core.progress import progress_bar
-from detection.data.images import TRUNCATED_IMAGE, truncated_fault
+from detection.data.images import count_if_truncated
 from detection.data.records import Dataset, Detections, ImageRecord
 from proposals.store import ImageProposals, ProposalStore
 
@@ -195,8 +195,7 @@ def _image_and_boxes(dataset: Dataset, record: ImageRecord, item: ImageProposals
         except DataError as error:
             tally.warn("unreadable image, no detections", error.path, error.fault)
         else:
-            if truncated_fault(record.path):
-                tally.count(TRUNCATED_IMAGE)
+            count_if_truncated(tally, record.path)
     if image is None:
         return np.zeros((1, 1, 3), np.uint8), np.zeros((0, 4), np.float32)
     return image, item.boxes

@@ -16,7 +16,7 @@ import numpy as np
 
 from detection.core.boxes import box_iou_numpy
 from detection.core.problems import DataError, WarningTally
-from detection.data.images import TRUNCATED_IMAGE, truncated_fault
+from detection.data.images import count_if_truncated
 from detection.data.records import Dataset, Detections, ImageRecord
 
 __all__ = ["match_for_display", "draw_image", "write_gallery"]
@@ -114,8 +114,7 @@ def write_gallery(
         except DataError as error:
             tally.warn("unreadable image skipped", error.path, error.fault)
             continue
-        if truncated_fault(record.path):
-            tally.count(TRUNCATED_IMAGE)
+        count_if_truncated(tally, record.path)
         drawn = draw_image(image, record, dataset.classes, None if proposals is None else proposals.get(record.image_id), detections, score_threshold)
         path = out_dir / f"{record.image_id.replace('/', '_')}.png"
         cv2.imwrite(str(path), drawn[:, :, ::-1])

@@ -27,7 +27,7 @@ from classifiers.ensemble import Ensemble
 from classifiers.multicrop import multicrop_batch
 from detection.core.problems import DataError, WarningTally
 from detection.core.progress import progress_bar
-from detection.data.images import TRUNCATED_IMAGE, truncated_fault
+from detection.data.images import count_if_truncated
 from detection.data.records import Dataset
 from eval.classification import topk_error
 
@@ -145,8 +145,7 @@ def _item_probabilities(
                     tally.warn("unreadable image, its objects skipped", error.path, error.fault)
                     usable[i] = False
                     continue
-                if truncated_fault(dataset[index].path):
-                    tally.count(TRUNCATED_IMAGE)
+                count_if_truncated(tally, dataset[index].path)
             images.append(cache[index])
             regions.append(items[i][1])
             kept.append(i)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from detection.core.problems import DataError
+from detection.core.problems import DataError, WarningTally
 
-__all__ = ["read_image", "read_image_size", "truncated_fault", "report_truncated", "IMAGE_SUFFIXES", "TRUNCATED_IMAGE"]
+__all__ = ["read_image", "read_image_size", "truncated_fault", "count_if_truncated", "report_truncated", "IMAGE_SUFFIXES", "TRUNCATED_IMAGE"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,15 @@ def truncated_fault(path: str | Path | None) -> str | None:
     if path is None:
         return None
     return _truncated.get(str(path))
+
+
+def count_if_truncated(tally: WarningTally, path: str | Path | None) -> bool:
+    """Count ``path`` in ``tally`` under :data:`TRUNCATED_IMAGE` if this process decoded it in part
+    (it was named in the log then); returns whether it did. What every stage does after reading."""
+    if truncated_fault(path) is None:
+        return False
+    tally.count(TRUNCATED_IMAGE)
+    return True
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
