@@ -27,14 +27,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from detection.core import boxes as box_ops
 from detection.core.problems import DataError, WarningTally
 from detection.data.images import IMAGE_SUFFIXES, read_image, read_image_size
 from detection.data.records import Dataset, Detections, ImageRecord
-from detection.data.synthetic import synthetic_dataset
 
 __all__ = [
     "Dataset",
@@ -495,6 +493,7 @@ def write_voc(dataset: Dataset, root: str | Path, splits: dict[str, list[str]] |
     Boxes are written as VOC 1-based inclusive pixels; a box that is not pixel-aligned is
     written with fractional coordinates, which :func:`read_voc` reads back exactly.
     """
+    import cv2  # OpenCV takes ~0.1 s to load; only writing images needs it, not reading a dataset
 
     root = Path(root)
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
@@ -539,6 +538,8 @@ def _synthetic_from_spec(spec: str, args: list[str]) -> Dataset:
         raise ValueError(f"'{spec}': synthetic takes integers, synthetic[:N[:SEED]]") from None
     if num_images < 1 or len(args) > 2:
         raise ValueError(f"'{spec}': synthetic[:N[:SEED]] needs N >= 1")
+    from detection.data.synthetic import synthetic_dataset  # draws with OpenCV: loaded only for this spec
+
     return synthetic_dataset(num_images, seed)
 
 
