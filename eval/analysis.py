@@ -64,7 +64,7 @@ import numpy as np
 
 from detection.core.boxes import box_iou_numpy
 from detection.data.records import Dataset, Detections
-from eval.detection import Matching, match_detections
+from eval.detection import Matching, coco_area, match_detections
 from eval.recall import best_overlap
 
 __all__ = [
@@ -202,13 +202,13 @@ def analyze_errors(
     overlaps = _overlaps(matching)
     kinds = _detection_kinds(matching, overlaps)
     covered = None if proposals is None else _covered(dataset, matching, proposals)
-    misses = _miss_kinds(matching, overlaps.gt_best_iou, covered)
-    oracle = {fix: matching.average_precision(*_oracle_flags(matching, kinds, overlaps.same_gt, ORACLES[fix])) for fix in ORACLES}
+    taken = _taken(matching)
+    misses = _miss_kinds(matching, taken, overlaps.gt_best_iou, covered)
+    oracle = {fix: matching.average_precision(*_oracle_flags(matching, taken, kinds, overlaps.same_gt, ORACLES[fix])) for fix in ORACLES}
     by_size = _ap_by_size(matching)
     top = _top_ranked(matching, kinds)
     base = matching.average_precision()
     num_positives = matching.num_positives
-    taken = _taken(matching)
     classes, without = [], []
     for c, name in enumerate(dataset.classes):
         if num_positives[c] == 0:
@@ -320,10 +320,10 @@ def _covered(dataset: Dataset, matching: Matching, proposals: Mapping[str, np.nd
     return covered
 
 
-def _miss_kinds(matching: Matching, gt_best_iou: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
-    """Code ``(G,)`` into :data:`MISS_KINDS` of every missed positive, -1 for the others."""
+def _miss_kinds(matching: Matching, taken: np.ndarray, gt_best_iou: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
+    """Code ``(G,)`` into :data:`MISS_KINDS` of every missed positive (not ``taken``), -1 for the others."""
     code = MISS_KINDS.index
-    missed = matching.positive & ~_taken(matching)
+    missed = matching.positive & ~taken
     kinds = np.full(len(missed), -1)
     kinds[missed] = code("low_score")
     near = (gt_best_iou >= NEAR_IOU) & (gt_best_iou < matching.threshold)
@@ -337,7 +337,7 @@ def _miss_kinds(matching: Matching, gt_best_iou: np.ndarray, covered: np.ndarray
 # Oracles, sizes, top-ranked counts
 
 
-def _oracle_flags(matching: Matching, kinds: np.ndarray, same_gt: np.ndarray, fixed: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _oracle_flags(matching: Matching, taken: np.ndarray, kinds: np.ndarray, same_gt: np.ndarray, fixed: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``(true_positive, ignored)`` ``(D,)`` with the false positives of kinds ``fixed`` fixed.
 
     Localisation kinds may be turned into true positives (see the module note); every other
@@ -347,7 +347,7 @@ def _oracle_flags(matching: Matching, kinds: np.ndarray, same_gt: np.ndarray, fi
     true_positive = matching.true_positive.copy()
     if "mislocalised" in fixed:
         target = same_gt
-        free = matching.positive & ~_taken(matching)
+        free = matching.positive & ~taken
         candidates = np.flatnonzero(fix & (target >= 0) & free[np.maximum(target, 0)])
         # found is in (class, image, score descending) order: the first claim on a box is the best scored
         _, first = np.unique(target[candidates], return_index=True)
@@ -357,11 +357,7 @@ def _oracle_flags(matching: Matching, kinds: np.ndarray, same_gt: np.ndarray, fi
 
 def _ap_by_size(matching: Matching) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per size range: ``(AP (C,), positives (C,))`` with the rules of the module note."""
-
-    def area(boxes: np.ndarray) -> np.ndarray:
-        return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-    gt_area, det_area = area(matching.truth.boxes), area(matching.found.boxes)
+    gt_area, det_area = coco_area(matching.truth.boxes), coco_area(matching.found.boxes)
     tp, ignored, matched = matching.true_positive, matching.ignored, matching.matched_gt
     result = {}
     for size, (low, high) in SIZE_RANGES.items():

@@ -63,7 +63,7 @@ import numpy as np
 
 from detection.data.records import Dataset, Detections
 
-__all__ = ["PROTOCOLS", "EvaluationResult", "Matching", "evaluate", "match_detections"]
+__all__ = ["PROTOCOLS", "EvaluationResult", "Matching", "coco_area", "evaluate", "match_detections"]
 
 logger = logging.getLogger(__name__)
 
@@ -433,9 +433,14 @@ def _without_blacklisted(dataset: Dataset, truth: _GroundTruth, found: _Found) -
     return truth.take(keep_truth), found.take(keep_found)
 
 
+def coco_area(boxes: np.ndarray) -> np.ndarray:
+    """``(N,)`` area ``w * h`` of ``(N, 4)`` boxes as pycocotools computes it: unclipped, in the boxes' dtype."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
 def _outside_coco_range(boxes: np.ndarray) -> np.ndarray:
-    """``(N,)`` bool: area ``w * h`` (unclipped, as pycocotools computes it) outside ``[0, 1e10]``."""
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    """``(N,)`` bool: :func:`coco_area` outside ``[0, 1e10]``."""
+    area = coco_area(boxes)
     return (area < COCO_AREA_RANGE[0]) | (area > COCO_AREA_RANGE[1])
 
 
