@@ -86,7 +86,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     detections = read_detections(args.detections, dataset)
     proposals = None
     if args.proposals:
-        proposals = {image_id: item.boxes for image_id, item in ProposalStore.open(args.proposals, dataset).load_all().items()}
+        proposals = ProposalStore.open(args.proposals, dataset).load_boxes()
     analysis = analyze_errors(dataset, detections, args.protocol, args.iou, args.max_dets, proposals)
     write_json(args.out / "analysis.json", analysis.to_json())
     plot_fp_types(analysis, args.out / "fp_types.png")
@@ -193,9 +193,7 @@ def _run_recall(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data)
     results = []
     for label, directory in zip(labels, args.proposals):
-        store = ProposalStore.open(directory, dataset)
-        boxes = {image_id: item.boxes for image_id, item in store.load_all().items()}
-        results.append(proposal_recall(dataset, boxes, label=label))
+        results.append(proposal_recall(dataset, ProposalStore.open(directory, dataset).load_boxes(), label=label))
     table = format_recall_table(results)
     print(table)
     if args.out:
@@ -275,7 +273,7 @@ def _run_show(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data)
     proposals = None
     if args.proposals:
-        proposals = {image_id: item.boxes for image_id, item in ProposalStore.open(args.proposals, dataset).load_all().items()}
+        proposals = ProposalStore.open(args.proposals, dataset).load_boxes()
     detections = read_detections(args.detections, dataset) if args.detections else None
     paths = write_gallery(dataset, args.out, proposals, detections, args.images, args.score_threshold, args.max_images)
     print(f"wrote {len(paths)} PNG files to {args.out} (ground truth white, missed orange, true positives green, false positives red, proposals blue)")

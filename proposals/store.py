@@ -259,3 +259,8 @@ class ProposalStore:
     def load_all(self) -> dict[str, ImageProposals]:
         """All proposals keyed by image id (a dataset's worth fits in memory: ~30 KB per image)."""
         return {item.image_id: item for item in self.iter_images()}
+
+    def load_boxes(self) -> dict[str, np.ndarray]:
+        """Every image's ranked proposal boxes ``(B, 4)`` keyed by image id (what recall, the
+        error analysis and pictures read)."""
+        return {item.image_id: item.boxes for item in self.iter_images()}

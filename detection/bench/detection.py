@@ -194,9 +194,10 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
             config.bench.bootstrap_resamples, config.bench.confidence, config.seed,
         )
     test_proposals = _test_proposals(run)
-    recall_rows = _test_proposal_recall(run, test_proposals)
+    test_boxes = {k: v.boxes for k, v in test_proposals.items()}
+    recall_rows = _test_proposal_recall(run, test_proposals, test_boxes)
     # Error analysis of the ensemble (eval/analysis.py): error types, oracle AP, AP by size.
-    analysis = analyze_errors(test_set, detections_of["ensemble"], config.evaluation.protocol, config.evaluation.iou, config.evaluation.max_dets, {k: v.boxes for k, v in test_proposals.items()})
+    analysis = analyze_errors(test_set, detections_of["ensemble"], config.evaluation.protocol, config.evaluation.iou, config.evaluation.max_dets, test_boxes)
     plot_fp_types(analysis, run_dir / "fp_types.png")
     gallery = write_gallery(test_set, run_dir / "gallery", detections=detections_of["ensemble"], max_images=config.bench.gallery_images)
     report = {
@@ -304,9 +305,9 @@ def _test_proposals(run: _Run) -> dict[str, Any]:
     return ProposalStore.open(run.run_dir / "proposals" / "test", run.test_set).load_all()
 
 
-def _test_proposal_recall(run: _Run, items: dict[str, Any]) -> dict[str, Any]:
-    """Recall of the test proposals, all of them and split by source."""
-    rows = {"all": proposal_recall(run.test_set, {k: v.boxes for k, v in items.items()}, "all")}
+def _test_proposal_recall(run: _Run, items: dict[str, Any], boxes: dict[str, Any]) -> dict[str, Any]:
+    """Recall of the test proposals (``items``; ``boxes``: their boxes), all of them and split by source."""
+    rows = {"all": proposal_recall(run.test_set, boxes, "all")}
     for name, code in SOURCES.items():
         subset = {k: v.boxes[v.sources == code] for k, v in items.items()}
         if any(len(b) for b in subset.values()):

@@ -46,8 +46,7 @@ def run_proposal_study(config: Config, out_dir: str | Path, device: str | None =
         summary = run_proposals(dataset, proposal_config, out_dir / label, workers=config.bench.workers, device="cpu", progress=progress)
         if summary.computed:
             seconds[label] = summary.seconds_per_image
-        store = ProposalStore.open(out_dir / label, dataset)
-        results.append(proposal_recall(dataset, {k: v.boxes for k, v in store.load_all().items()}, label))
+        results.append(proposal_recall(dataset, ProposalStore.open(out_dir / label, dataset).load_boxes(), label))
     table = format_recall_table(results)
     by_label = {r.label: r for r in results}
     ratio = by_label["ss_x2"].boxes_per_image / max(by_label["ss_x1"].boxes_per_image, 1e-9)
