@@ -221,7 +221,7 @@ class Ensemble:
         if with_deltas:
             assert self.regressors is not None
             deltas = torch.stack([r.predict(f) for r, f in zip(self.regressors, pooled)]).cpu()
-        return RegionScores(probabilities.cpu(), deltas, [f.float().cpu() for f in pooled])
+        return RegionScores(probabilities.cpu(), deltas, [f.cpu() for f in pooled])
 
     def _shrink_after(self, error: BaseException, crops: int) -> None:
         """Halve ``crops_per_batch`` after an out-of-memory error; any other error goes on up."""
@@ -233,17 +233,21 @@ class Ensemble:
             torch.cuda.empty_cache()
 
     def _split(self, chunks: list[RegionScores], counts: list[int], features: bool, deltas: bool) -> list[RegionScores]:
-        """Chunks of crops (image-major) -> one :class:`RegionScores` per image."""
+        """Chunks of crops (image-major) -> one :class:`RegionScores` per image (every chunk holds
+        features and deltas when they were asked for)."""
         num_members, num_classes = len(self.models), len(self.classes)
         probabilities = torch.cat([c.probabilities for c in chunks] + [torch.zeros((num_members, 0, num_classes + 1))], dim=1)
         per_image = [RegionScores(p) for p in torch.split(probabilities, counts, dim=1)]
         if deltas:
-            stacked = torch.cat([c.deltas for c in chunks if c.deltas is not None] + [torch.zeros((num_members, 0, num_classes, 4))], dim=1)
+            stacked = torch.cat([c.deltas for c in chunks] + [torch.zeros((num_members, 0, num_classes, 4))], dim=1)  # type: ignore[misc]
             for scores, part in zip(per_image, torch.split(stacked, counts, dim=1)):
                 scores.deltas = part
         if features:
-            for m, model in enumerate(self.models):
-                member_features = torch.cat([c.features[m] for c in chunks if c.features is not None] + [torch.zeros((0, model.num_features))])
-                for scores, part in zip(per_image, torch.split(member_features, counts)):
-                    scores.features = (scores.features or []) + [part]
+            # member m's features of every crop, split by image: per_member[m][i] is (B_i, D_m)
+            per_member = [
+                torch.split(torch.cat([c.features[m] for c in chunks] + [torch.zeros((0, model.num_features))]), counts)  # type: ignore[index]
+                for m, model in enumerate(self.models)
+            ]
+            for i, scores in enumerate(per_image):
+                scores.features = [parts[i] for parts in per_member]
         return per_image
