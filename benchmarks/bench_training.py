@@ -28,8 +28,8 @@ from timing import Case, matmul_gflops, run_rounds  # beside this script
 from classifiers.crops import warp_crops
 from classifiers.inception_cost import count_params_and_macs
 from classifiers.region_classifier import build_region_classifier
-from classifiers.train import train_step
-from detection.config import load_config
+from classifiers.train import TrainConfig, train_step
+from detection.config import Config, load_config
 from detection.core.devices import autocast, bf16_supported, resolve_device
 from proposals.multibox import MultiBox, backbone_config, multibox_loss
 
@@ -47,11 +47,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _member_steps(model: torch.nn.Module, train, crops: torch.Tensor, labels: torch.Tensor, device: torch.device, steps: int, bf16: bool) -> Callable[[], object]:  # noqa: ANN001
+def _member_steps(model: torch.nn.Module, train: TrainConfig, aux_weight: float, crops: torch.Tensor, labels: torch.Tensor, device: torch.device, steps: int, bf16: bool) -> Callable[[], object]:
     """``steps`` training steps of a private copy of ``model`` on one batch (its own optimizer)."""
     model = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    aux_weight = model.config.aux_weight if hasattr(model, "config") else 0.3
     # train_step autocasts on devices where bfloat16 is native; "meta" is none, so it runs float32.
     autocast_device = device if bf16 else torch.device("meta")
 
@@ -63,37 +62,35 @@ def _member_steps(model: torch.nn.Module, train, crops: torch.Tensor, labels: to
     return run
 
 
-def _member_cases(args: argparse.Namespace, config, device: torch.device) -> tuple[list[Case], float]:  # noqa: ANN001
+def _member_cases(args: argparse.Namespace, config: Config, device: torch.device) -> tuple[list[Case], float]:
     """The member's training step on one fixed batch, each path; returns the cases and GFLOP per window."""
     classifier, train = config.classifier, config.train
     size, batch = classifier.crop_size, train.batch_size
     torch.manual_seed(args.seed)
-    model = build_region_classifier(classifier, args.classes)
-    network = classifier.network_config(args.classes + 1)
-    gflop = 3 * 2 * sum(stage.macs for stage in count_params_and_macs(network, size)) / 1e9
-    crops = torch.randn(batch, 3, size, size)
+    model = build_region_classifier(classifier, args.classes).to(device)
+    gflop = 3 * 2 * sum(stage.macs for stage in count_params_and_macs(model.config, size)) / 1e9
+    crops = torch.randn(batch, 3, size, size, device=device)
     labels = torch.zeros(batch, dtype=torch.int64)
     foreground = int(round(train.fg_fraction * batch))
     labels[:foreground] = torch.randint(1, args.classes + 1, (foreground,))
-    nchw = model.to(device)
-    last = copy.deepcopy(model).to(device, memory_format=torch.channels_last)
-    crops_last = crops.to(device).contiguous(memory_format=torch.channels_last)
-    cases = [
-        Case("member: eager fp32 NCHW", batch, batch * args.steps, torch.float32, _member_steps(nchw, train, crops.to(device), labels.to(device), device, args.steps, False)),
-        Case("member: eager fp32 channels_last", batch, batch * args.steps, torch.float32, _member_steps(last, train, crops_last, labels.to(device), device, args.steps, False)),
-    ]
-    if bf16_supported(device):
-        cases.append(Case("member: eager bf16 channels_last (training today)", batch, batch * args.steps, torch.bfloat16, _member_steps(last, train, crops_last, labels.to(device), device, args.steps, True)))
+    labels = labels.to(device)
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    crops_last = crops.contiguous(memory_format=torch.channels_last)
+
+    def case(method: str, network: torch.nn.Module, inputs: torch.Tensor, bf16: bool) -> Case:
+        run = _member_steps(network, train, model.config.aux_weight, inputs, labels, device, args.steps, bf16)
+        return Case(f"member: {method}", batch, batch * args.steps, torch.bfloat16 if bf16 else torch.float32, run)
+
+    cases = [case("eager fp32 NCHW", model, crops, False), case("eager fp32 channels_last", last, crops_last, False)]
+    native = bf16_supported(device)
+    if native:
+        cases.append(case("eager bf16 channels_last (training today)", last, crops_last, True))
     if args.compile:
-        compiled = torch.compile(copy.deepcopy(last))
-        compiled.config = last.config  # train_step reads the aux weight from the model's config
-        dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
-        label = f"member: compiled {'bf16' if dtype == torch.bfloat16 else 'fp32'} channels_last"
-        cases.append(Case(label, batch, batch * args.steps, dtype, _member_steps(compiled, train, crops_last, labels.to(device), device, args.steps, dtype == torch.bfloat16)))
+        cases.append(case(f"compiled {'bf16' if native else 'fp32'} channels_last", torch.compile(copy.deepcopy(last)), crops_last, native))
     return cases, gflop
 
 
-def _warp_case(args: argparse.Namespace, config, device: torch.device) -> Case:  # noqa: ANN001
+def _warp_case(args: argparse.Namespace, config: Config, device: torch.device) -> Case:
     """Cutting one batch's crops (``train.images_per_batch`` 640x480 images, ``batch_size`` windows)."""
     rng = np.random.default_rng(args.seed)
     train, classifier = config.train, config.classifier
@@ -107,7 +104,7 @@ def _warp_case(args: argparse.Namespace, config, device: torch.device) -> Case: 
     return Case("member: crop warp of a batch (roi_align)", count, count, None, lambda: warp_crops(images, boxes, classifier.crop_size, classifier.padding(), device=device))
 
 
-def _multibox_case(args: argparse.Namespace, config, device: torch.device) -> tuple[Case, float]:  # noqa: ANN001
+def _multibox_case(args: argparse.Namespace, config: Config, device: torch.device) -> tuple[Case, float]:
     """MultiBox's training step (today's path) on one fixed batch of random images and boxes."""
     mb = config.multibox
     torch.manual_seed(args.seed)
