@@ -112,6 +112,8 @@ class TrainConfig:
         epochs: passes over the training images (each image is visited once per epoch).
         batch_size, fg_fraction: windows per batch and their foreground share (R-CNN: 128, 0.25);
             per process under torchrun, so one step sees ``world_size x batch_size`` windows.
+        fg_balance: draw each batch's foreground classes in about equal shares instead of in
+            proportion to their windows (see :class:`classifiers.sampling.WindowSampler`).
         images_per_batch: images each batch draws its windows from (see classifiers.sampling).
         fg_iou, bg_iou_low, bg_iou_high: window labelling thresholds (R-CNN: 0.5, [0, 0.5)).
         optimizer: ``sgd`` (the paper: SGD with ``momentum``) or ``adamw`` (AdamW with ``lr`` and
@@ -135,6 +137,7 @@ class TrainConfig:
     epochs: int = 16
     batch_size: int = 128
     fg_fraction: float = 0.25
+    fg_balance: bool = False
     images_per_batch: int = 2
     fg_iou: float = 0.5
     bg_iou_low: float = 0.0
@@ -688,7 +691,7 @@ def train_member(
         return path
     if windows is None:
         windows, _ = build_training_windows(dataset, proposals, train.fg_iou, train.bg_iou_low, train.bg_iou_high)
-    sampler = WindowSampler(windows, train.batch_size, train.fg_fraction, train.images_per_batch, train.hflip, train.seed, member)
+    sampler = WindowSampler(windows, train.batch_size, train.fg_fraction, train.images_per_batch, train.hflip, train.seed, member, train.fg_balance)
     source = _ImageSource(dataset, train.cache_images)
     photometric = build_photometric() if train.photometric else None
     info: dict[str, Any] = {"member_seed": member_seed(train, member), "sampler": sampler.state_dict(), "epochs": train.epochs}

@@ -3,7 +3,9 @@
 Specs:
 
 - ``voc:ROOT[:SPLIT]``: ``ROOT/Annotations/*.xml`` with images in ``ROOT/JPEGImages`` or
-  ``ROOT/images``; ``SPLIT`` reads ``ROOT/ImageSets/Main/SPLIT.txt``. The class list is
+  ``ROOT/images``; ``SPLIT`` reads ``ROOT/ImageSets/Main/SPLIT.txt``, or, when it ends in
+  ``.txt``, that file itself (a path from the working directory): a split of a dataset that ships
+  none is then kept beside the code, without writing into the dataset. The class list is
   ``ROOT/classes.txt`` when present, else the sorted names found in all annotations under ROOT
   (not only the split, so every split of one root shares one class list).
 - ``ilsvrc:ROOT:SPLIT``: the ILSVRC DET layout (``Data/DET/SPLIT``, ``Annotations/DET/SPLIT``,
@@ -191,6 +193,11 @@ def _find_image(image_dirs: Iterable[Path], filename: str | None, stem: str) -> 
     return None
 
 
+def _split_path(root: Path, split: str) -> Path:
+    """A VOC split name -> its file: ``ROOT/ImageSets/Main/SPLIT.txt``, or ``SPLIT`` itself if it ends in .txt."""
+    return Path(split) if split.endswith(".txt") else root / "ImageSets" / "Main" / f"{split}.txt"
+
+
 def _read_split_file(path: Path) -> list[str]:
     """The first field of every non-empty line (the image ids)."""
     return [line.split()[0] for line in _read_split_file_lines(path)]
@@ -225,7 +232,7 @@ def read_voc(root: str | Path, split: str | None = None, spec: str | None = None
         raise DataError(root, "no Annotations/ folder: not a VOC-style dataset")
     all_paths = sorted(annotation_dir.glob("*.xml"))
     if split:
-        ids = _read_split_file(root / "ImageSets" / "Main" / f"{split}.txt")
+        ids = _read_split_file(_split_path(root, split))
         paths = [annotation_dir / f"{image_id}.xml" for image_id in ids]
         missing = [p for p in paths if not p.is_file()]
         if missing:

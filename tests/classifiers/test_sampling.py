@@ -197,3 +197,18 @@ def test_windows_from_a_real_proposal_store(tmp_path) -> None:
     assert stats.background > 0
     batch = next(WindowSampler(windows, batch_size=64, images_per_batch=3).epoch(0))
     assert len(batch) == 64
+
+
+def test_fg_balance_gives_a_rare_class_an_equal_share() -> None:
+    # One image: 99 windows of class 1, 1 of class 2, a quota of 2 foreground windows. Uniform
+    # draws pick the rare window with probability 2/100; balanced draws give it weight 1/1 against
+    # 99 * 1/99 for the other class, so it is the first pick half the time and about 3/4 overall.
+    windows = [ImageWindows(0, np.tile(np.float32([[0, 0, 10, 10]]), (100, 1)), np.array([1] * 99 + [2], np.int64), np.zeros((200, 4), np.float32))]
+    def rare_share(balance: bool) -> float:
+        sampler = WindowSampler(windows, batch_size=8, fg_fraction=0.25, images_per_batch=1, fg_balance=balance)
+        return float(np.mean([(next(sampler.epoch(e)).labels == 2).any() for e in range(400)]))
+
+    assert rare_share(False) < 0.05
+    assert 0.68 < rare_share(True) < 0.82
+    assert WindowSampler(windows, fg_balance=True).state_dict()["fg_balance"] is True
+    assert "fg_balance" not in WindowSampler(windows).state_dict()  # unchanged identity for existing members

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from detection.core.problems import DataError
+from tests.conftest import REPO
 from detection.data.datasets import load_dataset, read_coco, read_voc, to_coco_json, write_voc
 
 
@@ -31,6 +32,16 @@ def test_voc_split_and_class_list_from_all_annotations(make_voc):
     assert dataset.classes == ["cat", "dog"]  # the split shares the root's class list
     with pytest.raises(DataError, match="split file not found"):
         load_dataset(f"voc:{root}:nosuchsplit")
+
+
+def test_voc_split_from_a_file_outside_the_root(make_voc, tmp_path):
+    root = make_voc({"a": (20, 20, [("cat", (1, 1, 10, 10), 0)]), "b": (20, 20, [("dog", (1, 1, 10, 10), 0)])})
+    split = tmp_path / "mine.txt"
+    split.write_text("b\n\n")
+    dataset = load_dataset(f"voc:{root}:{split}")
+    assert [r.image_id for r in dataset] == ["b"] and dataset.classes == ["cat", "dog"]
+    with pytest.raises(DataError, match="split file not found"):
+        load_dataset(f"voc:{root}:{tmp_path / 'other.txt'}")
 
 
 def test_degenerate_and_outside_boxes_are_counted_warnings(make_voc, caplog):
@@ -219,3 +230,13 @@ def test_raccoon(raccoon_root):
     dataset = load_dataset(f"voc:{raccoon_root}")
     assert len(dataset) == 200 and dataset.classes == ["raccoon"]
     assert sum(r.num_boxes for r in dataset) >= 200
+
+
+@pytest.mark.data
+def test_raccoon_fixed_splits(raccoon_root):
+    # The repository's split files: train and test partition the 200 photos, test is the last 40.
+    splits = {name: load_dataset(f"voc:{raccoon_root}:{REPO}/configs/splits/raccoon/{name}.txt") for name in ("train", "test", "tune_train", "tune_val")}
+    ids = {name: [r.image_id for r in data] for name, data in splits.items()}
+    assert len(ids["train"]) == 160 and ids["test"] == [f"raccoon-{i}" for i in range(161, 201)]
+    assert set(ids["train"]) | set(ids["test"]) == {f"raccoon-{i}" for i in range(1, 201)}
+    assert ids["tune_train"] + ids["tune_val"] == ids["train"]
