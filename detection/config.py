@@ -55,6 +55,22 @@ class EvaluationConfig:
 
 
 @dataclass
+class ExternalResult:
+    """A published result on the same test split, printed in the report as a row marked external
+    (not run here): mAP@0.5 and AP per class name, with where the figures come from."""
+
+    name: str
+    map: float
+    per_class: dict[str, float] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        values = [self.map, *self.per_class.values()]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values):
+            raise ConfigError(f"external result '{self.name}': mAP and per-class AP must be numbers in [0, 1]")
+
+
+@dataclass
 class BenchConfig:
     """The ``bench`` section: what the benchmark report adds on top of the pipeline."""
 
@@ -63,6 +79,7 @@ class BenchConfig:
     max_subsets: int = 20
     gallery_images: int = 6
     workers: int = 1
+    references: list[ExternalResult] = field(default_factory=list)
 
 
 @dataclass

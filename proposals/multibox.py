@@ -54,6 +54,7 @@ __all__ = [
     "architecture_of",
     "backbone_config",
     "normalised_boxes",
+    "scale_weights",
     "kmeans_priors",
     "dataset_priors",
     "prepare_image",
@@ -145,6 +146,10 @@ class MultiBoxConfig:
         cache_images: keep every warped training image in memory (``S*S*3`` bytes each, per
             worker) instead of decoding it again each epoch.
         kmeans_n_init: k-means restarts when computing the priors.
+        prior_balance: ``"none"``: k-means weighs every training box alike, so the priors crowd
+            where boxes are common; ``"scale"``: each box weighs ``1 / n`` of its scale band
+            (half-octave bands of ``sqrt(area)``, see :func:`scale_weights`), so every object
+            size present in training gets priors, the rare small ones too.
     """
 
     num_priors: int = 100
@@ -171,6 +176,7 @@ class MultiBoxConfig:
     num_workers: int = 0
     cache_images: bool = False
     kmeans_n_init: int = 3
+    prior_balance: Literal["none", "scale"] = "none"
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -260,7 +266,18 @@ def _sorted_rows(boxes: np.ndarray) -> np.ndarray:
     return boxes[np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0]))]
 
 
-def kmeans_priors(boxes: np.ndarray, num_priors: int, seed: int, n_init: int = 3) -> np.ndarray:
+def scale_weights(boxes: np.ndarray) -> np.ndarray:
+    """``(M,)`` k-means weights that give every scale band the same total: ``1 / n_band``.
+
+    A box's band is ``floor(2 * log2(sqrt(area)))`` of its normalised area (half-octave steps),
+    so boxes within a factor of about 1.4 in side share one.
+    """
+    sides = np.sqrt(np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-12))
+    _, inverse, counts = np.unique(np.floor(2.0 * np.log2(sides)), return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse.reshape(-1)]
+
+
+def kmeans_priors(boxes: np.ndarray, num_priors: int, seed: int, n_init: int = 3, weights: np.ndarray | None = None) -> np.ndarray:
     """K prior boxes: k-means centres of normalised ground-truth boxes.
 
     Args:
@@ -268,6 +285,7 @@ def kmeans_priors(boxes: np.ndarray, num_priors: int, seed: int, n_init: int = 3
         num_priors: K.
         seed: k-means' ``random_state`` and the seed of any sampling or padding.
         n_init: k-means restarts.
+        weights: ``(M,)`` per-box k-means weights (e.g. :func:`scale_weights`); None: equal.
 
     Returns:
         ``(K, 4)`` float32 in [0, 1], rows sorted lexicographically; the same for the same inputs.
@@ -281,7 +299,8 @@ def kmeans_priors(boxes: np.ndarray, num_priors: int, seed: int, n_init: int = 3
     rng = np.random.default_rng(seed)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if len(boxes) > MAX_KMEANS_BOXES:
-        boxes = boxes[np.sort(rng.choice(len(boxes), MAX_KMEANS_BOXES, replace=False))]
+        sample = np.sort(rng.choice(len(boxes), MAX_KMEANS_BOXES, replace=False))
+        boxes, weights = boxes[sample], None if weights is None else np.asarray(weights)[sample]
     distinct = np.unique(boxes, axis=0)
     if len(distinct) == 0:
         logger.warning("no ground-truth boxes to cluster: using %d random priors", num_priors)
@@ -298,15 +317,16 @@ def kmeans_priors(boxes: np.ndarray, num_priors: int, seed: int, n_init: int = 3
         priors = np.concatenate([distinct, copies])
     else:
         kmeans = KMeans(n_clusters=num_priors, n_init=n_init, random_state=seed)
-        priors = kmeans.fit(boxes).cluster_centers_
+        priors = kmeans.fit(boxes, sample_weight=weights).cluster_centers_
     return _sorted_rows(_ordered(priors)).astype(np.float32)
 
 
 def dataset_priors(dataset: Dataset, config: MultiBoxConfig) -> np.ndarray:
     """:func:`kmeans_priors` of ``dataset``'s boxes (mirrored too when training flips): ``(K, 4)`` float32."""
     boxes = normalised_boxes(dataset, mirror=config.hflip)
-    logger.info("k-means over %d normalised boxes for %d priors", len(boxes), config.num_priors)
-    return kmeans_priors(boxes, config.num_priors, config.seed, config.kmeans_n_init)
+    weights = scale_weights(boxes) if config.prior_balance == "scale" and len(boxes) else None
+    logger.info("k-means over %d normalised boxes for %d priors (balance: %s)", len(boxes), config.num_priors, config.prior_balance)
+    return kmeans_priors(boxes, config.num_priors, config.seed, config.kmeans_n_init, weights)
 
 
 # ---------------------------------------------------------------------------------------------

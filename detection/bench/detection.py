@@ -213,6 +213,7 @@ def run_detection_benchmark(config: Config, run_dir: str | Path, force: bool = F
         "ensemble_size_curve": dataclasses.asdict(curve),
         "bootstrap": None if bootstrap is None else dataclasses.asdict(bootstrap),
         "error_analysis": analysis.to_json(),
+        "references": [dataclasses.asdict(r) for r in config.bench.references],
         "timings": run.timer.times,
         "speed": _speed(run, scores),
     }
@@ -369,6 +370,7 @@ def _markdown(
     lines += ["## mAP by ensemble size", "", curve.table(protocol), "", "![ensemble size](ensemble_size.png)", "", "## Per-class AP (ensemble)", "", "| class | AP |", "|---|---|"]
     for name, ap in ensemble.per_class.items():
         lines.append(f"| {name} | {ap:.4f} |")
+    lines += _references_table(report, ensemble, regressed)
     if analysis_table:
         lines += [
             "", "## Error analysis (ensemble, test proposals)", "",
@@ -378,6 +380,25 @@ def _markdown(
         ]
     lines += _time_and_gallery(report, gallery, run_dir)
     return "\n".join(lines) + "\n"
+
+
+def _references_table(report: dict, ensemble: _Outcome, regressed: _Outcome | None) -> list[str]:
+    """Published results on the same split (the preset's ``bench.references``) beside ours."""
+    references = report["references"]
+    if not references:
+        return []
+    classes = report["data"]["classes"]
+    lines = [
+        "", "## Beside published results (rows marked external were not run here)", "",
+        "| model | run here | mAP@0.5 | " + " | ".join(classes) + " |", "|---|---|---|" + "---|" * len(classes),
+    ]
+    for o in [ensemble] + ([regressed] if regressed is not None else []):
+        lines.append(f"| {o.label} | yes | {o.map:.4f} | " + " | ".join(f"{o.per_class.get(c, float('nan')):.4f}" for c in classes) + " |")
+    for r in references:
+        cells = " | ".join(f"{r['per_class'][c]:.3f}" if c in r["per_class"] else "" for c in classes)
+        lines.append(f"| {r['name']} | external | {r['map']:.3f} | {cells} |")
+    sources = [f"{r['name']}: {r['source']}" for r in references if r["source"]]
+    return lines + ([""] + ["Sources: " + "; ".join(sources) + "."] if sources else [])
 
 
 def _time_and_gallery(report: dict, gallery: list[Path], run_dir: Path) -> list[str]:

@@ -30,6 +30,7 @@ from proposals.multibox import (
     dataset_priors,
     decode_proposals,
     kmeans_priors,
+    scale_weights,
     match_predictions,
     multibox_loss,
     normalised_boxes,
@@ -436,3 +437,23 @@ def test_multibox_beats_its_priors_on_one_object_images(tmp_path: Path) -> None:
     prior = {n: recall([ranked_priors] * len(test), n) for n in (1, 5, 10)}
     assert multibox[5] >= prior[5] + 0.15, (multibox, prior)
     assert multibox[1] > prior[1] and multibox[10] > prior[10], (multibox, prior)
+
+
+def test_scale_weights_give_each_half_octave_band_one_total() -> None:
+    boxes = np.array([[0, 0, 0.1, 0.1], [0.5, 0.5, 0.6, 0.6], [0.2, 0.2, 0.3, 0.3], [0, 0, 0.4, 0.4]])
+    np.testing.assert_allclose(scale_weights(boxes), [1 / 3, 1 / 3, 1 / 3, 1.0])
+
+
+def test_scale_balance_gives_rare_small_boxes_their_own_priors() -> None:
+    rng = np.random.default_rng(0)
+    big = rng.uniform(0, 0.5, (500, 2))
+    small = rng.uniform(0, 0.95, (10, 2))
+    boxes = np.concatenate([np.concatenate([big, big + 0.5], 1), np.concatenate([small, small + 0.05], 1)])
+
+    def small_priors(weights: np.ndarray | None) -> int:
+        priors = kmeans_priors(boxes, 8, seed=0, weights=weights)
+        return int((priors[:, 2] - priors[:, 0] < 0.2).sum())
+
+    # 10 of 510 boxes get at most one centre unweighted; with half the weight, about half the centres.
+    assert small_priors(None) <= 1
+    assert small_priors(scale_weights(boxes)) >= 3
