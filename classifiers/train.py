@@ -55,9 +55,12 @@ import dataclasses
 import itertools
 import logging
 import math
+import multiprocessing
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -99,7 +102,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Train-config fields that may differ when resuming: they do not change what a member learns.
-RESUME_NEUTRAL_FIELDS = ("members", "num_threads", "cache_images")
+RESUME_NEUTRAL_FIELDS = ("members", "num_threads", "cache_images", "parallel")
 
 T = TypeVar("T")
 
@@ -130,6 +133,8 @@ class TrainConfig:
         seed: base seed of every member (see the module note).
         num_threads: torch CPU threads while training; None leaves torch's default (under
             torchrun the CLI gives each process its share of the machine's cores).
+        parallel: members trained at once on the CPU, each in its own process with
+            ``num_threads // parallel`` threads (see :func:`train_members`); 1: one after another.
         cache_images: keep decoded images in memory for the whole run (a few hundred MB for
             BCCD; turn it off for ILSVRC-sized sets).
     """
@@ -155,10 +160,11 @@ class TrainConfig:
     members: int = 6
     seed: int = 0
     num_threads: int | None = None
+    parallel: int = 1
     cache_images: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "images_per_batch", "decay_epochs", "members"):
+        for name in ("epochs", "batch_size", "images_per_batch", "decay_epochs", "members", "parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.fg_fraction <= 1.0:
@@ -406,7 +412,8 @@ def _check_resumable(path: Path, payload: dict[str, Any], expected: dict[str, An
     """Refuse a checkpoint whose settings differ from this run's (naming the first difference)."""
 
     def semantic(train: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in train.items() if k not in RESUME_NEUTRAL_FIELDS}
+        # Fields added since a file was written take their defaults, the behaviour it was made with.
+        return {k: v for k, v in (to_dict(TrainConfig()) | train).items() if k not in RESUME_NEUTRAL_FIELDS}
 
     stored = payload.get("config", {})
     pairs = {
@@ -728,22 +735,70 @@ def train_members(
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> list[Path]:
-    """Train members one after another into ``out_dir/member{i}.pt`` (default: all ``train.members``).
+    """Train members into ``out_dir/member{i}.pt`` (default: all ``train.members``).
 
     Finished members are skipped and an interrupted one resumes, so rerunning the same command
-    continues where it stopped.
+    continues where it stopped. With ``train.parallel > 1`` on the CPU (and not under torchrun)
+    the unfinished members train that many at a time in spawned processes, each with its share
+    of the threads: a narrow network's small convolutions keep one core far busier than two, so
+    two single-threaded members finish sooner than two two-threaded ones in turn. A member's
+    weights depend on its thread count, not on which process trained it.
     """
     chosen = list(range(train.members)) if members is None else list(members)
     if any(m < 0 for m in chosen):
         raise ValueError(f"member indices must be >= 0, got {chosen}")
-    windows: list[ImageWindows] | None = None
-    paths = []
-    for member in chosen:
-        path = member_path(out_dir, member)
-        if windows is None and not _is_finished(path, train):
-            windows, _ = build_training_windows(dataset, proposals, train.fg_iou, train.bg_iou_low, train.bg_iou_high)
-        paths.append(train_member(dataset, proposals, classifier, train, member, path, device, progress, windows=windows))
+    paths = [member_path(out_dir, member) for member in chosen]
+    pending = [m for m, path in zip(chosen, paths) if not _is_finished(path, train)]
+    windows = build_training_windows(dataset, proposals, train.fg_iou, train.bg_iou_low, train.bg_iou_high)[0] if pending else None
+    in_processes = train.parallel > 1 and len(pending) > 1 and _training_device(device).type == "cpu" and distributed.world_size() == 1
+    if in_processes:
+        _train_in_processes(dataset, proposals, classifier, train, out_dir, pending, windows)
+    for member, path in zip(chosen, paths):
+        train_member(dataset, proposals, classifier, train, member, path, device, progress, windows=windows)
     return paths
+
+
+def _train_in_processes(
+    dataset: Dataset,
+    proposals: Mapping[str, ImageProposals],
+    classifier: RegionClassifierConfig,
+    train: TrainConfig,
+    out_dir: str | Path,
+    members: list[int],
+    windows: list[ImageWindows] | None,
+) -> None:
+    """Train ``members`` ``train.parallel`` at a time in spawned processes (each reads the dataset
+    again from its spec and gets the proposals and windows once)."""
+    threads = max(1, (train.num_threads or torch.get_num_threads()) // train.parallel)
+    each = dataclasses.replace(train, num_threads=threads)
+    logger.info("training members %s, %d at a time, %d thread(s) each", members, train.parallel, threads)
+    context = multiprocessing.get_context("spawn")
+    initargs = (dataset.spec, dataset.fingerprint(), dict(proposals), windows, logging.getLogger().getEffectiveLevel())
+    with ProcessPoolExecutor(min(train.parallel, len(members)), mp_context=context, initializer=_init_member_worker, initargs=initargs) as pool:
+        jobs = [pool.submit(_member_worker, classifier, each, member, member_path(out_dir, member)) for member in members]
+        for job in jobs:
+            job.result()
+
+
+_WORKER_DATA: tuple[Dataset, dict[str, ImageProposals], list[ImageWindows] | None] | None = None
+
+
+def _init_member_worker(spec: str, fingerprint: str, proposals: dict[str, ImageProposals], windows: list[ImageWindows] | None, level: int) -> None:
+    global _WORKER_DATA
+    from detection.data.datasets import load_dataset  # only spawned member processes read a spec
+
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("detection").setLevel(max(level, logging.ERROR))  # the parent already reported data warnings
+    dataset = load_dataset(spec)
+    if dataset.fingerprint() != fingerprint:
+        raise RuntimeError(f"member process read {spec} with a different fingerprint: the data changed during the run")
+    _WORKER_DATA = (dataset, proposals, windows)
+
+
+def _member_worker(classifier: RegionClassifierConfig, train: TrainConfig, member: int, path: Path) -> Path:
+    assert _WORKER_DATA is not None
+    dataset, proposals, windows = _WORKER_DATA
+    return train_member(dataset, proposals, classifier, train, member, path, "cpu", progress=False, windows=windows)
 
 
 def _is_finished(path: Path, train: TrainConfig) -> bool:

@@ -166,6 +166,19 @@ def test_members_differ_and_unreadable_images_are_skipped(
     assert any(not torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
 
 
+def test_members_trained_in_parallel_processes_equal_those_trained_in_turn(
+    data: tuple[Dataset, dict[str, ImageProposals]], finished: Path, tmp_path: Path
+) -> None:
+    # Two spawned processes, one thread each (TRAIN has num_threads=1): member 0 must come out
+    # bit-identical to the fixture's, trained in this process with the same single thread.
+    dataset, proposals = data
+    paths = train_members(dataset, proposals, CLASSIFIER, dataclasses.replace(TRAIN, parallel=2), tmp_path, device="cpu", progress=False)
+    assert paths == [member_path(tmp_path, 0), member_path(tmp_path, 1)]
+    ours, reference = torch.load(paths[0], weights_only=True)["model"], torch.load(finished, weights_only=True)["model"]
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+    assert torch.load(paths[1], weights_only=True)["extra"]["epoch"] == TRAIN.epochs
+
+
 def test_learning_rate_schedules() -> None:
     step = TrainConfig(lr=0.1, lr_decay=0.96, decay_epochs=8)
     assert [learning_rate(step, e) for e in (0, 7, 8, 16)] == pytest.approx([0.1, 0.1, 0.096, 0.1 * 0.96**2])
