@@ -37,7 +37,8 @@ class RegionClassifierConfig:
         crop_size: side of the square each proposal is warped to.
         context_padding: pixels of context around the box in the warped crop (R-CNN: 16 at 224);
             None scales 16 with ``crop_size``.
-        width, batch_norm, branch5x5, pooling, aux_logits, dropout: see GoogLeNetConfig.
+        width, batch_norm, branch5x5, pooling, aux_logits, dropout, transform_input: see
+            GoogLeNetConfig (``transform_input: true`` with torchvision's ImageNet weights).
         weights: where the trunk starts: None (random), "imagenet" (torchvision's file in the
             local torch cache; needs the torchvision layout) or a checkpoint path.
     """
@@ -50,6 +51,7 @@ class RegionClassifierConfig:
     pooling: Literal["paper", "torchvision"] = "paper"
     aux_logits: bool = True
     dropout: float = 0.4
+    transform_input: bool = False
     weights: str | None = None
 
     def network_config(self, num_outputs: int) -> GoogLeNetConfig:
@@ -63,6 +65,7 @@ class RegionClassifierConfig:
             pooling=self.pooling,
             aux_logits=self.aux_logits,
             dropout=self.dropout,
+            transform_input=self.transform_input,
         )
 
     def padding(self) -> int:

@@ -417,7 +417,7 @@ def _check_resumable(path: Path, payload: dict[str, Any], expected: dict[str, An
 
     stored = payload.get("config", {})
     pairs = {
-        "classifier": (stored.get("classifier"), expected["classifier"]),
+        "classifier": (to_dict(RegionClassifierConfig()) | (stored.get("classifier") or {}), expected["classifier"]),
         "train": (semantic(stored.get("train") or {}), semantic(expected["train"])),
         "member": (stored.get("member"), expected["member"]),
         "data.fingerprint": ((stored.get("data") or {}).get("fingerprint"), expected["data"]["fingerprint"]),
