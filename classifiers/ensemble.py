@@ -25,7 +25,7 @@ from torch import Tensor
 from classifiers.box_regression import BoxRegressor, load_box_regressor, regressor_path
 from classifiers.inception import GoogLeNet
 from classifiers.region_classifier import RegionClassifierConfig, load_member
-from classifiers.scoring import CropScorer
+from classifiers.scoring import CropScorer, default_batch_size
 from detection.core.atomic import file_digest
 from detection.core.checkpoints import CheckpointError, first_difference
 from detection.core.devices import resolve_device
@@ -141,7 +141,7 @@ class Ensemble:
         self.device = device
         self.crops_per_batch = crops_per_batch_for_budget(config.crop_size, config.width, memory_budget_mb)
         # ``compile`` compiles the members (weights frozen in) and the crop warp, see classifiers.scoring.
-        self.scorer = CropScorer(models, device, compile=compile, freeze=compile)
+        self.scorer = CropScorer(models, device, default_batch_size(device, config.crop_size, config.width), compile=compile, freeze=compile)
 
     @staticmethod
     def _check_regressors(models: list[GoogLeNet], classes: list[str], member_ids: list[int], regressors: list[BoxRegressor]) -> None:

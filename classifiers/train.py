@@ -773,7 +773,7 @@ def _train_in_processes(
     each = dataclasses.replace(train, num_threads=threads)
     logger.info("training members %s, %d at a time, %d thread(s) each", members, train.parallel, threads)
     context = multiprocessing.get_context("spawn")
-    initargs = (dataset.spec, dataset.fingerprint(), dict(proposals), windows, logging.getLogger().getEffectiveLevel())
+    initargs = (dataset.spec, dataset.fingerprint(), dict(proposals), windows, threads, logging.getLogger().getEffectiveLevel())
     with ProcessPoolExecutor(min(train.parallel, len(members)), mp_context=context, initializer=_init_member_worker, initargs=initargs) as pool:
         jobs = [pool.submit(_member_worker, classifier, each, member, member_path(out_dir, member)) for member in members]
         for job in jobs:
@@ -783,9 +783,13 @@ def _train_in_processes(
 _WORKER_DATA: tuple[Dataset, dict[str, ImageProposals], list[ImageWindows] | None] | None = None
 
 
-def _init_member_worker(spec: str, fingerprint: str, proposals: dict[str, ImageProposals], windows: list[ImageWindows] | None, level: int) -> None:
+def _init_member_worker(spec: str, fingerprint: str, proposals: dict[str, ImageProposals], windows: list[ImageWindows] | None, threads: int, level: int) -> None:
     global _WORKER_DATA
+    import cv2  # the photometric distortions run in OpenCV: its pool gets the process's share too
+
     from detection.data.datasets import load_dataset  # only spawned member processes read a spec
+
+    cv2.setNumThreads(threads)
 
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("detection").setLevel(max(level, logging.ERROR))  # the parent already reported data warnings

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from classifiers import scoring
 from classifiers.crops import warp_crops
 from classifiers.inception import GoogLeNet, GoogLeNetConfig
-from classifiers.scoring import CropScorer
+from classifiers.scoring import CropScorer, default_batch_size
 from detection.core.devices import bf16_supported
 
 NUM_CLASSES = 5
@@ -222,3 +222,12 @@ def test_real_compile_matches_eager(crops: torch.Tensor, freeze: bool) -> None:
         images = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8)]
         boxes = [np.array([[0, 0, 40, 30], [10, 20, 70, 55], [-5, -5, 90, 70]], np.float32)]
         torch.testing.assert_close(scorer.score_boxes(images, boxes, size=SIZE), eager.score_boxes(images, boxes, size=SIZE), atol=1e-4, rtol=1e-3)
+
+
+def test_default_batch_size_holds_the_activations_of_16_full_width_crops() -> None:
+    cpu = torch.device("cpu")
+    assert default_batch_size(cpu) == 16  # the paper's network: 224 px, width 1
+    assert default_batch_size(cpu, 112, 1.0) == 64  # a quarter of the pixels: four times the crops
+    assert default_batch_size(cpu, 224, 0.5) == 32
+    assert default_batch_size(cpu, 96, 0.25) == 256  # bccd_cpu.yaml's members: 348, capped
+    assert default_batch_size(torch.device("cuda")) == 128
