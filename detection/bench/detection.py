@@ -144,8 +144,10 @@ class _Timer:
         result = function()
         seconds = time.perf_counter() - started
         previous = self.times.get(stage, {}).get("seconds", 0.0)
-        # A stage that found its work done took ~0 s now: keep the time of the run that did it.
-        self.times[stage] = {"seconds": max(seconds, previous) if seconds < 1.0 else seconds, "last_run_seconds": seconds}
+        # A stage that found its work done (loading six members takes a second or two) keeps the
+        # time of the run that did the work.
+        found_done = seconds < max(1.0, 0.1 * previous)
+        self.times[stage] = {"seconds": max(seconds, previous) if found_done else seconds, "last_run_seconds": seconds}
         write_json(self.path, self.times)
         return result
 

@@ -1,6 +1,7 @@
 """`rcnn bench detection` end to end on a tiny configuration of the built-in data."""
 
 import json
+import time
 
 import pytest
 
@@ -270,3 +271,17 @@ def test_a_truncated_jpeg_is_used_by_every_stage_with_one_warning(voc_with_trunc
     for stage in ("multibox training", "(training)", "detect ", "show "):
         assert any(stage in m for m in counted), stage
     assert sum("1 truncated image(s) decoded in part" in m for m in messages) == 2  # train and test proposals
+
+
+def test_a_resumed_stage_keeps_the_time_of_the_run_that_did_its_work(tmp_path):
+    from detection.bench.detection import _Timer
+
+    path = tmp_path / "timings.json"
+    path.write_text(json.dumps({"members": {"seconds": 2800.0, "last_run_seconds": 2800.0}, "scoring": {"seconds": 10.0}}))
+    timer = _Timer(path)
+    timer.run("members", lambda: time.sleep(1.1))  # found every member trained: loading them took a second
+    assert timer.times["members"]["seconds"] == 2800.0 and timer.times["members"]["last_run_seconds"] >= 1.1
+    timer.times["members"]["seconds"] = 20.0
+    timer.run("members", lambda: None)
+    assert timer.times["members"]["seconds"] == 20.0  # under a second counts as found done too
+    assert json.loads(path.read_text())["members"]["seconds"] == 20.0
