@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from detection.core.problems import DataError
-from tests.conftest import REPO
 from detection.data.datasets import load_dataset, read_coco, read_voc, to_coco_json, write_voc
+from tests.conftest import REPO
 
 
 def test_voc_reads_boxes_in_our_convention(make_voc):
