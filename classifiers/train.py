@@ -7,9 +7,11 @@ the paper's (section 6): SGD with momentum 0.9, the learning rate down 4% every 
 (``schedule: step``), Polyak averaging for the final model; plus R-CNN's mirroring and
 photometric distortions (brightness, contrast, hue, saturation: albumentations, seeded).
 
-Seeds. All members start from the same initial weights, drawn from ``train.seed`` (the paper's
-members did too, "mainly because of an oversight", and differed "only in sampling methodologies
-and the random order in which they see input images"). Member ``m`` then uses
+Seeds. By default (``train.init: shared``) all members start from the same initial weights,
+drawn from ``train.seed`` (the paper's members did too, "mainly because of an oversight", and
+differed "only in sampling methodologies and the random order in which they see input images");
+``train.init: member`` gives member ``m`` its own initial weights, drawn from
+``SeedSequence([train.seed, m])``, for members that disagree more. Member ``m`` then uses
 ``member_seed = train.seed * 1000 + m`` for dropout, and the sampler's streams
 ``SeedSequence([train.seed, m, epoch])`` for the image order, the window draws, the mirror flags
 and the per-batch distortion seeds.
@@ -90,6 +92,7 @@ __all__ = [
     "StepResult",
     "EpochStats",
     "member_seed",
+    "init_seed",
     "member_path",
     "learning_rate",
     "build_photometric",
@@ -129,6 +132,8 @@ class TrainConfig:
             average. 0 saves the live weights.
         hflip: mirror each window with probability 0.5.
         photometric: random brightness / contrast / hue / saturation per image and batch.
+        init: ``shared`` (every member starts from the weights drawn from ``seed``, as in the
+            paper) or ``member`` (each member draws its own; see the module note).
         members: ensemble size (the paper: 6).
         seed: base seed of every member (see the module note).
         num_threads: torch CPU threads while training; None leaves torch's default (under
@@ -157,6 +162,7 @@ class TrainConfig:
     polyak: float = 0.999
     hflip: bool = True
     photometric: bool = True
+    init: Literal["shared", "member"] = "shared"
     members: int = 6
     seed: int = 0
     num_threads: int | None = None
@@ -430,9 +436,16 @@ def _check_resumable(path: Path, payload: dict[str, Any], expected: dict[str, An
             )
 
 
-def _new_member(classifier: RegionClassifierConfig, train: TrainConfig, num_classes: int, device: torch.device) -> _TrainingMember:
-    """Initial weights from ``train.seed`` (shared by all members), the optimizer and the average."""
-    torch.manual_seed(train.seed)
+def init_seed(train: TrainConfig, member: int) -> int:
+    """The torch seed of member ``member``'s initial weights: ``train.seed`` when shared."""
+    if train.init == "shared":
+        return train.seed
+    return int(np.random.SeedSequence([train.seed, member]).generate_state(1)[0])
+
+
+def _new_member(classifier: RegionClassifierConfig, train: TrainConfig, num_classes: int, device: torch.device, member: int) -> _TrainingMember:
+    """The member's initial weights (see :func:`init_seed`), its optimizer and its average."""
+    torch.manual_seed(init_seed(train, member))
     model = prepare_model(build_region_classifier(classifier, num_classes), device)
     averaged = AveragedModel(model, multi_avg_fn=_ema_with_warmup(train.polyak), use_buffers=True)
     optimizer: torch.optim.Optimizer
@@ -712,7 +725,7 @@ def train_member(
     fork_devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
     # The caller's torch RNG is left as it was; training draws from its own seeded stream.
     with torch.random.fork_rng(devices=fork_devices), torch_threads(train.num_threads):
-        state = _new_member(classifier, train, dataset.num_classes, torch_device)
+        state = _new_member(classifier, train, dataset.num_classes, torch_device, member)
         torch.manual_seed(member_seed(train, member))
         if payload is not None:
             _restore(path, payload, state, torch_device)

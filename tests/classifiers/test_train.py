@@ -11,7 +11,7 @@ import torch
 
 import classifiers.train as train_module
 from classifiers.region_classifier import RegionClassifierConfig, load_member
-from classifiers.train import TrainConfig, learning_rate, member_path, train_member, train_members
+from classifiers.train import TrainConfig, init_seed, learning_rate, member_path, train_member, train_members
 from detection.config import ConfigError, from_dict, load_config
 from detection.core.checkpoints import CheckpointError
 from detection.core.problems import DataError
@@ -177,6 +177,22 @@ def test_members_trained_in_parallel_processes_equal_those_trained_in_turn(
     ours, reference = torch.load(paths[0], weights_only=True)["model"], torch.load(finished, weights_only=True)["model"]
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
     assert torch.load(paths[1], weights_only=True)["extra"]["epoch"] == TRAIN.epochs
+
+
+def test_members_share_their_initial_weights_unless_init_is_member() -> None:
+    def initial(train: TrainConfig, member: int) -> dict[str, torch.Tensor]:
+        with torch.random.fork_rng():
+            return train_module._new_member(CLASSIFIER, train, 3, torch.device("cpu"), member).model.state_dict()
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    own = dataclasses.replace(TRAIN, init="member")
+    assert init_seed(TRAIN, 0) == init_seed(TRAIN, 1) == TRAIN.seed
+    assert init_seed(own, 0) != init_seed(own, 1)
+    assert same(initial(TRAIN, 0), initial(TRAIN, 1))
+    assert not same(initial(own, 0), initial(own, 1))
+    assert same(initial(own, 1), initial(own, 1))
 
 
 def test_learning_rate_schedules() -> None:
