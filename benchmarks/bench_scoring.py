@@ -42,13 +42,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timing import Case, matmul_gflops, run_rounds  # beside this script
+from timing import Case, run_rounds  # beside this script
 
 from classifiers.crops import context_boxes, warp_crops
 from classifiers.inception import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, GoogLeNetConfig
-from classifiers.inception_cost import count_params_and_macs
+from classifiers.inception_cost import forward_gflop
 from classifiers.scoring import CropScorer
-from detection.core.devices import bf16_supported, resolve_device
+from detection.core.devices import bf16_supported, matmul_gflops, resolve_device
 
 NAIVE_BATCH = 32
 
@@ -183,7 +183,7 @@ def _setup(args: argparse.Namespace) -> _Bench:
     boxes = [random_proposals(image, args.boxes, rng) for image in images]
     factory = GoogLeNetConfig.paper if args.config == "paper" else GoogLeNetConfig.torchvision
     config = factory(num_classes=201, input_size=args.size)
-    gflop = 2 * sum(stage.macs for stage in count_params_and_macs(config, args.size)) / 1e9
+    gflop = forward_gflop(config, args.size)
     bench = _Bench(args, device, images, boxes, GoogLeNet(config).eval().to(device), gflop, bf16_supported(device))
     print(f"load average at the start: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
     print(f"device {device}; torch {torch.__version__}; {platform.processor() or platform.machine()}; "

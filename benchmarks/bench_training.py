@@ -23,14 +23,14 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from timing import Case, matmul_gflops, run_rounds  # beside this script
+from timing import Case, run_rounds  # beside this script
 
 from classifiers.crops import warp_crops
-from classifiers.inception_cost import count_params_and_macs
+from classifiers.inception_cost import training_gflop
 from classifiers.region_classifier import build_region_classifier
 from classifiers.train import TrainConfig, train_step
 from detection.config import Config, load_config
-from detection.core.devices import autocast, bf16_supported, resolve_device
+from detection.core.devices import autocast, bf16_supported, compute_dtype, matmul_gflops, resolve_device
 from proposals.multibox import MultiBox, backbone_config, multibox_loss
 
 
@@ -68,7 +68,7 @@ def _member_cases(args: argparse.Namespace, config: Config, device: torch.device
     size, batch = classifier.crop_size, train.batch_size
     torch.manual_seed(args.seed)
     model = build_region_classifier(classifier, args.classes).to(device)
-    gflop = 3 * 2 * sum(stage.macs for stage in count_params_and_macs(model.config, size)) / 1e9
+    gflop = training_gflop(model.config, size)
     crops = torch.randn(batch, 3, size, size, device=device)
     labels = torch.zeros(batch, dtype=torch.int64)
     foreground = int(round(train.fg_fraction * batch))
@@ -116,8 +116,7 @@ def _multibox_case(args: argparse.Namespace, config: Config, device: torch.devic
     images = torch.randn(mb.batch_size, 3, mb.input_size, mb.input_size, device=device).contiguous(memory_format=torch.channels_last)
     gts = [torch.from_numpy(priors[rng.choice(mb.num_priors, 8)]) for _ in range(mb.batch_size)]
     matching = model.priors if mb.matching == "priors" else None
-    network = count_params_and_macs(backbone_config(mb), mb.input_size)
-    gflop = 3 * 2 * sum(stage.macs for stage in network) / 1e9
+    gflop = training_gflop(backbone_config(mb), mb.input_size)
 
     def run() -> None:
         for _ in range(args.steps):
@@ -129,7 +128,7 @@ def _multibox_case(args: argparse.Namespace, config: Config, device: torch.devic
             optimizer.step()
 
     run()
-    dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
+    dtype = compute_dtype(device)
     return Case("multibox: eager channels_last (training today)", mb.batch_size, mb.batch_size * args.steps, dtype, run), gflop
 
 

@@ -1,8 +1,8 @@
-"""Timing helpers shared by the speed scripts: cases timed in alternating rounds, and the matrix peak.
+"""Timing helpers shared by the speed scripts: cases timed in alternating rounds.
 
 Each case is timed once per round and rounds alternate the cases, so a busy spell on a shared
-machine hurts every case a little rather than one case a lot; each keeps its best round. The
-``torch.mm`` peak is what "% of peak" is measured against.
+machine hurts every case a little rather than one case a lot; each keeps its best round. "% of peak" is measured
+against :func:`detection.core.devices.matmul_gflops`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from detection.core.devices import bf16_supported
 
 
 @dataclass
@@ -54,12 +52,3 @@ def run_rounds(cases: list[Case], repeat: int, device: torch.device, unit: str =
         for case in cases:
             case.best = min(case.best, best_time(case.run, 1, device))
         print(f"  round {round_index + 1}/{repeat}: " + ", ".join(f"{c.rate:.1f}" for c in cases) + f" {unit}", flush=True)
-
-
-def matmul_gflops(dtype: torch.dtype, device: torch.device, repeat: int) -> float:
-    """Rate of one square ``torch.mm`` (GFLOP/s); small on CPUs where the dtype is emulated."""
-    n = 4096 if device.type == "cuda" else (2048 if dtype == torch.float32 or bf16_supported(device) else 512)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up: library initialisation, kernel choice
-    return 2 * n**3 / best_time(lambda: a @ b, max(repeat, 3), device) / 1e9

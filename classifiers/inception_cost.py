@@ -10,7 +10,11 @@ from torch import Tensor, nn
 
 from classifiers.inception import GoogLeNet, GoogLeNetConfig
 
-__all__ = ["StageCost", "count_params_and_macs"]
+__all__ = ["StageCost", "count_params_and_macs", "forward_gflop", "training_gflop", "TRAINING_PASSES"]
+
+# A training step costs about three forward passes: the forward, and a backward that computes
+# gradients for both the inputs and the weights of every layer.
+TRAINING_PASSES = 3
 
 
 class StageCost(NamedTuple):
@@ -93,3 +97,13 @@ def count_params_and_macs(
             h.remove()
         model.train(was_training)
     return [StageCost(stage, params[stage], macs[stage]) for stage in params]
+
+
+def forward_gflop(model_or_config: GoogLeNet | GoogLeNetConfig, input_size: int | None = None) -> float:
+    """GFLOP of one image's forward pass over Table 1's stages (two FLOP per multiply-add)."""
+    return 2 * sum(stage.macs for stage in count_params_and_macs(model_or_config, input_size)) / 1e9
+
+
+def training_gflop(model_or_config: GoogLeNet | GoogLeNetConfig, input_size: int | None = None) -> float:
+    """GFLOP of one image's training step: forward and backward, :data:`TRAINING_PASSES` forwards."""
+    return TRAINING_PASSES * forward_gflop(model_or_config, input_size)

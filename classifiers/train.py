@@ -94,6 +94,7 @@ __all__ = [
     "member_seed",
     "init_seed",
     "member_path",
+    "training_history",
     "learning_rate",
     "build_photometric",
     "train_step",
@@ -223,6 +224,11 @@ def member_seed(train: TrainConfig, member: int) -> int:
 def member_path(out_dir: str | Path, member: int) -> Path:
     """Where member ``member`` of a run lives: ``out_dir/member{member}.pt``."""
     return Path(out_dir) / f"member{member}.pt"
+
+
+def training_history(path: str | Path) -> list[dict[str, float | int]]:
+    """The per-epoch statistics (:class:`EpochStats` as dicts) stored in a member file."""
+    return list(load_checkpoint(path, MEMBER_KIND)["extra"].get("history", []))
 
 
 def learning_rate(train: TrainConfig, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:

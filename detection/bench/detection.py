@@ -42,9 +42,11 @@ from typing import Any
 import yaml
 
 from classifiers.box_regression_train import fit_box_regressors
-from classifiers.train import train_members
+from classifiers.inception_cost import forward_gflop, training_gflop
+from classifiers.train import member_path, train_members, training_history
 from detection.config import Config, to_dict
 from detection.core.atomic import write_json, write_text
+from detection.core.devices import compute_dtype, matmul_gflops, resolve_device
 from detection.data.datasets import load_dataset
 from detection.data.detection_files import write_detections
 from detection.data.records import Dataset, Detections
@@ -319,14 +321,32 @@ def _test_proposal_recall(run: _Run, items: dict[str, Any], boxes: dict[str, Any
 
 
 def _speed(run: _Run, scores: MemberScores) -> dict[str, Any]:
-    """Proposal and scoring speed of the run, and its peak memory."""
-    times = run.timer.times
-    scoring_seconds = times["scoring"]["seconds"]
-    num_proposals = sum(len(b) for b in scores.boxes)
+    """Proposal, training and scoring speed of the run, the share of the matrix-multiply peak
+    (measured now, in the dtype the networks compute in) that training and scoring reached, and
+    the peak memory. GFLOP count Table 1's stages (auxiliary heads excluded)."""
+    times, config = run.timer.times, run.config
+    device = resolve_device(run.device)
+    dtype = compute_dtype(device)
+    peak = matmul_gflops(dtype, device)
+    network = config.classifier.network_config(run.test_set.num_classes + 1)
+    scoring_gflop = forward_gflop(network, config.classifier.crop_size)
+    train_gflop = training_gflop(network, config.classifier.crop_size)
+    crops_per_second = sum(len(b) for b in scores.boxes) * len(scores.member_ids) / max(times["scoring"]["seconds"], 1e-9)
+    histories = [training_history(member_path(run.run_dir / "members", m)) for m in range(config.train.members)]
+    per_member = [sum(e["windows"] for e in h) / max(sum(e["seconds"] for e in h), 1e-9) for h in histories]
+    windows_per_second = sum(e["windows"] for h in histories for e in h) / max(times["members"]["seconds"], 1e-9)
     return {
         "proposal_seconds_per_image": {k: v.get("seconds_per_image") for k, v in times.items() if k.startswith("proposals_")},
-        "scoring_seconds_per_image": scoring_seconds / max(len(run.test_set), 1),
-        "crops_per_second": num_proposals * len(scores.member_ids) / max(scoring_seconds, 1e-9),
+        "scoring_seconds_per_image": times["scoring"]["seconds"] / max(len(run.test_set), 1),
+        "crops_per_second": crops_per_second,
+        "scoring_gflop_per_crop": scoring_gflop,
+        "scoring_percent_of_peak": 100 * crops_per_second * scoring_gflop / peak,
+        "training_windows_per_second": windows_per_second,
+        "training_windows_per_second_per_member": per_member,
+        "training_gflop_per_window": train_gflop,
+        "training_percent_of_peak": 100 * windows_per_second * train_gflop / peak,
+        "dtype": str(dtype).removeprefix("torch."),
+        "matmul_peak_gflops": peak,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -411,7 +431,15 @@ def _time_and_gallery(report: dict, gallery: list[Path], run_dir: Path) -> list[
     speed = report["speed"]
     lines += [
         "",
-        f"Scoring: {speed['scoring_seconds_per_image']:.3f} s/image, {speed['crops_per_second']:.0f} crops/s (all members); peak memory {speed['peak_memory_mb']:.0f} MB.",
+        f"Training: {speed['training_windows_per_second']:.0f} windows/s over all members "
+        f"({min(speed['training_windows_per_second_per_member']):.0f}-{max(speed['training_windows_per_second_per_member']):.0f} per member), "
+        f"{speed['training_gflop_per_window']:.3f} GFLOP per window (forward and backward), {speed['training_percent_of_peak']:.1f}% of the peak.",
+        "",
+        f"Scoring: {speed['scoring_seconds_per_image']:.3f} s/image, {speed['crops_per_second']:.0f} crops/s (all members), "
+        f"{speed['scoring_gflop_per_crop']:.3f} GFLOP per crop, {speed['scoring_percent_of_peak']:.1f}% of the peak; peak memory {speed['peak_memory_mb']:.0f} MB.",
+        "",
+        f"Peak: one {speed['dtype']} matrix multiply at {speed['matmul_peak_gflops']:.0f} GFLOP/s, measured as the report was written "
+        "(GFLOP count Table 1's stages, auxiliary heads excluded).",
         "",
         "## Gallery (ensemble detections; green true positive, red false positive, orange missed)",
         "",

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Iterator
 
 import torch
 
-__all__ = ["resolve_device", "bf16_supported", "autocast", "prepare_model", "torch_threads"]
+__all__ = ["resolve_device", "bf16_supported", "autocast", "prepare_model", "torch_threads", "compute_dtype", "matmul_gflops"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,33 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and _cpu_has_native_bf16()
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The dtype networks compute in on ``device``: bfloat16 where native, else float32."""
+    return torch.bfloat16 if bf16_supported(device) else torch.float32
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device, repeat: int = 3) -> float:
+    """The best rate of one square ``torch.mm`` in GFLOP/s over ``repeat`` runs: the machine's
+    practical matrix-multiply peak in ``dtype`` (small on CPUs where the dtype is emulated)."""
+    n = 4096 if device.type == "cuda" else (2048 if dtype == torch.float32 or bf16_supported(device) else 512)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up: library set-up, kernel choice
+    best = float("inf")
+    for _ in range(max(repeat, 1)):
+        _synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from classifiers.inception import (
     Inception,
     googlenet_loss,
 )
-from classifiers.inception_cost import count_params_and_macs
+from classifiers.inception_cost import TRAINING_PASSES, count_params_and_macs, forward_gflop, training_gflop
 from classifiers.inception_weights import imagenet_weights_path, load_weights
 
 torchvision = pytest.importorskip("torchvision")
@@ -164,6 +164,16 @@ def test_transform_input_matches_torchvision(tv_model: nn.Module) -> None:
 def paper_costs() -> dict[str, tuple[int, int]]:
     rows = count_params_and_macs(GoogLeNetConfig.paper(aux_logits=False), input_size=224)
     return {r.name: (r.params, r.macs) for r in rows}
+
+
+def test_flop_counts_follow_the_multiply_adds(paper_costs: dict[str, tuple[int, int]]) -> None:
+    # The paper: about 1.5 billion multiply-adds per 224 px image, so about 3 GFLOP forward.
+    config = GoogLeNetConfig.paper(aux_logits=False)
+    forward = forward_gflop(config, 224)
+    assert forward == pytest.approx(2 * sum(macs for _, macs in paper_costs.values()) / 1e9)
+    assert 2.9 < forward < 3.3
+    assert training_gflop(config, 224) == pytest.approx(TRAINING_PASSES * forward) and TRAINING_PASSES == 3
+    assert forward_gflop(config, 112) == pytest.approx(forward / 4, rel=0.1)  # a quarter of the pixels
 
 
 def test_stages_are_table1_rows(paper_costs: dict[str, tuple[int, int]]) -> None:

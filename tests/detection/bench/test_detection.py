@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from detection.cli import main
 from tests.conftest import REPO
@@ -54,6 +55,14 @@ def test_bench_detection_end_to_end_resume_and_refusal(tiny_run, capsys):
     analysis = report["error_analysis"]
     assert analysis["protocol"] == report["protocol"] and analysis["map"] == report["ensemble"]["map"] and analysis["with_proposals"]
     assert (out / "fp_types.png").stat().st_size > 1000
+    # Speed: training windows/s from the members' epoch records, shares of the measured peak.
+    speed = report["speed"]
+    history = torch.load(out / "members" / "member1.pt", weights_only=True)["extra"]["history"]
+    assert speed["training_windows_per_second_per_member"][1] == pytest.approx(sum(e["windows"] for e in history) / sum(e["seconds"] for e in history))
+    assert speed["training_gflop_per_window"] == pytest.approx(3 * speed["scoring_gflop_per_crop"]) and speed["scoring_gflop_per_crop"] > 0
+    assert speed["matmul_peak_gflops"] > 0 and speed["dtype"] in ("bfloat16", "float32")
+    assert 0 < speed["training_percent_of_peak"] < 100 and 0 < speed["scoring_percent_of_peak"] < 100
+    assert "windows/s over all members" in printed and "% of the peak" in printed
     first = (out / "members" / "member0.pt").stat().st_mtime_ns
     # A rerun reuses every stage.
     assert main(_args(out)) == 0
