@@ -7,11 +7,12 @@ against :func:`detection.core.devices.matmul_gflops`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from detection.core.devices import best_time
 
 
 @dataclass
@@ -28,22 +29,6 @@ class Case:
     @property
     def rate(self) -> float:
         return self.items / self.best
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best_time(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run_rounds(cases: list[Case], repeat: int, device: torch.device, unit: str = "crops/s") -> None:

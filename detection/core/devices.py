@@ -12,11 +12,11 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["resolve_device", "bf16_supported", "autocast", "prepare_model", "torch_threads", "compute_dtype", "matmul_gflops"]
+__all__ = ["resolve_device", "bf16_supported", "autocast", "prepare_model", "torch_threads", "compute_dtype", "synchronize", "best_time", "matmul_gflops"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,26 +53,32 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if bf16_supported(device) else torch.float32
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that a clock reads its end."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
+    """The shortest of ``repeat`` wall times of ``fn()`` in seconds, the device synchronised."""
+    best = float("inf")
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def matmul_gflops(dtype: torch.dtype, device: torch.device, repeat: int = 3) -> float:
-    """The best rate of one square ``torch.mm`` in GFLOP/s over ``repeat`` runs: the machine's
-    practical matrix-multiply peak in ``dtype`` (small on CPUs where the dtype is emulated)."""
+    """The best rate of one square ``torch.mm`` in GFLOP/s over ``repeat`` runs (at least 3): the
+    machine's practical matrix-multiply peak in ``dtype`` (small on CPUs where the dtype is emulated)."""
     n = 4096 if device.type == "cuda" else (2048 if dtype == torch.float32 or bf16_supported(device) else 512)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up: library set-up, kernel choice
-    best = float("inf")
-    for _ in range(max(repeat, 1)):
-        _synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        _synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return 2 * n**3 / best_time(lambda: a @ b, max(repeat, 3), device) / 1e9
 
 
 @contextlib.contextmanager
