@@ -105,6 +105,17 @@ def _with_new_sections(stored: dict[str, Any], current: dict[str, Any]) -> dict[
     return {**stored, **added}
 
 
+# The timed stages (timings.json) -> the stage of STAGE_INPUTS whose outputs they make.
+TIMED_STAGES = {
+    "multibox": "multibox",
+    "proposals_train": "proposals",
+    "proposals_test": "proposals",
+    "members": "members",
+    "box_regression": "box_regression",
+    "scoring": "detections",
+}
+
+
 def _remove_outputs(run_dir: Path, stage: str) -> None:
     for target in sorted(run_dir.glob(STAGE_OUTPUTS[stage])):
         logger.warning("--force: removing %s (its inputs changed)", target)
@@ -129,13 +140,21 @@ def _prepare_run_dir(run_dir: Path, config: Config, force: bool) -> None:
                 )
             stale = [stage for stage, inputs in STAGE_INPUTS.items() if any(_section(stored, k) != _section(current, k) for k in inputs)]
             first = min((list(STAGE_INPUTS).index(s) for s in stale), default=len(STAGE_INPUTS))
-            for stage in list(STAGE_INPUTS)[first:]:
+            redone = list(STAGE_INPUTS)[first:]
+            for stage in redone:
                 _remove_outputs(run_dir, stage)
+            _Timer(run_dir / "timings.json").forget(redone)
     write_text(path, yaml.safe_dump(current, sort_keys=False))
 
 
 class _Timer:
-    """Stage wall times, kept in timings.json so a resumed run still reports them."""
+    """Stage wall times, kept in timings.json so a resumed run still reports them.
+
+    A stage's entry is written when it finishes, and only ``--force`` removes its outputs (and
+    then its entry, see :meth:`forget`). A stage that has an entry therefore found its work done
+    when it runs again: it keeps the time of the run that did the work (``seconds``), and
+    ``last_run_seconds`` says what this run spent (loading six finished members: a second).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -145,13 +164,20 @@ class _Timer:
         started = time.perf_counter()
         result = function()
         seconds = time.perf_counter() - started
-        previous = self.times.get(stage, {}).get("seconds", 0.0)
-        # A stage that found its work done (loading six members takes a second or two) keeps the
-        # time of the run that did the work.
-        found_done = seconds < max(1.0, 0.1 * previous)
-        self.times[stage] = {"seconds": max(seconds, previous) if found_done else seconds, "last_run_seconds": seconds}
+        if stage in self.times:
+            self.times[stage]["last_run_seconds"] = seconds
+        else:
+            self.times[stage] = {"seconds": seconds, "last_run_seconds": seconds}
         write_json(self.path, self.times)
         return result
+
+    def forget(self, stages: list[str]) -> None:
+        """Drop the times of the timed stages that make the outputs of ``stages`` (being redone)."""
+        dropped = [timed for timed, stage in TIMED_STAGES.items() if stage in stages and timed in self.times]
+        for timed in dropped:
+            del self.times[timed]
+        if dropped:
+            write_json(self.path, self.times)
 
 
 @dataclass

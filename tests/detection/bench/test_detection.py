@@ -1,6 +1,7 @@
 """`rcnn bench detection` end to end on a tiny configuration of the built-in data."""
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -67,12 +68,23 @@ def test_bench_detection_end_to_end_resume_and_refusal(tiny_run, capsys):
     # A rerun reuses every stage.
     assert main(_args(out)) == 0
     assert (out / "members" / "member0.pt").stat().st_mtime_ns == first
+    # ... and so does a copy of the run directory (its proposal stores name the old MultiBox path).
+    moved = out.parent / "moved"
+    shutil.copytree(out, moved)
+    assert main(_args(moved)) == 0
+    assert (moved / "members" / "member0.pt").stat().st_mtime_ns == first
+    for name in ("proposals/train/meta.json", "proposals/test/meta.json", "detections/ensemble.json"):
+        assert (moved / name).read_bytes() == (out / name).read_bytes(), name
     # Another config is refused; --force redoes only what depends on the change.
     capsys.readouterr()
     assert main(_args(out, "--set", "detection.nms_iou=0.5")) == 2
     assert "made with another config" in capsys.readouterr().err
+    timings = json.loads((out / "timings.json").read_text())
     assert main(_args(out, "--set", "detection.nms_iou=0.5", "--force")) == 0
     assert (out / "members" / "member0.pt").stat().st_mtime_ns == first
+    redone = json.loads((out / "timings.json").read_text())
+    assert redone["members"] == {**timings["members"], "last_run_seconds": redone["members"]["last_run_seconds"]}
+    assert redone["scoring"]["seconds"] == redone["scoring"]["last_run_seconds"]  # scored again: its own time
 
 
 @pytest.mark.slow
@@ -294,9 +306,16 @@ def test_a_resumed_stage_keeps_the_time_of_the_run_that_did_its_work(tmp_path):
     path = tmp_path / "timings.json"
     path.write_text(json.dumps({"members": {"seconds": 2800.0, "last_run_seconds": 2800.0}, "scoring": {"seconds": 10.0}}))
     timer = _Timer(path)
-    timer.run("members", lambda: time.sleep(1.1))  # found every member trained: loading them took a second
-    assert timer.times["members"]["seconds"] == 2800.0 and timer.times["members"]["last_run_seconds"] >= 1.1
-    timer.times["members"]["seconds"] = 20.0
+    timer.run("members", lambda: time.sleep(0.05))  # found every member trained: loading them is quick
+    assert timer.times["members"]["seconds"] == 2800.0 and timer.times["members"]["last_run_seconds"] >= 0.05
+    timer.run("box_regression", lambda: time.sleep(0.05))  # no entry: this run did the work, however short
+    assert 0.05 <= timer.times["box_regression"]["seconds"] == timer.times["box_regression"]["last_run_seconds"]
+    assert json.loads(path.read_text())["members"]["seconds"] == 2800.0
+
+    # --force redoes the members and everything after them: their times go, the earlier ones stay.
+    path.write_text(json.dumps({name: {"seconds": 5.0} for name in ("multibox", "proposals_train", "proposals_test", "members", "box_regression", "scoring")}))
+    _Timer(path).forget(["members", "box_regression", "detections"])
+    assert set(json.loads(path.read_text())) == {"multibox", "proposals_train", "proposals_test"}
+    timer = _Timer(path)
     timer.run("members", lambda: None)
-    assert timer.times["members"]["seconds"] == 20.0  # under a second counts as found done too
-    assert json.loads(path.read_text())["members"]["seconds"] == 20.0
+    assert timer.times["members"]["seconds"] < 1.0  # the rerun's own time, not the forgotten one
