@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 BOX_CONVENTION = "xyxy, 0-based continuous pixels"
 SOURCES = {"selective_search": 0, "multibox": 1, "imported": 2}
+# Params that say where an input was, not what it held (its fingerprint, also in the params, does):
+# recorded in meta.json, left out of the identity, so a moved or copied run directory resumes.
+LOCATION_PARAMS = ("multibox_checkpoint",)
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -114,6 +117,13 @@ def read_chunk(path: Path) -> list[ImageProposals]:
     ]
 
 
+def _without_locations(value: Any) -> Any:
+    """A ``params`` dict without its :data:`LOCATION_PARAMS`; any other value as it is."""
+    if not isinstance(value, dict):
+        return value
+    return {key: item for key, item in value.items() if key not in LOCATION_PARAMS}
+
+
 class ProposalStore:
     """A store directory bound to a dataset, a method name and its parameters."""
 
@@ -155,7 +165,10 @@ class ProposalStore:
         """Create the directory, or check that an existing one was made with the same identity."""
         identity = self._identity()
         if self.meta_path.is_file():
-            self.check(json.loads(self.meta_path.read_text()), identity, " Write to another directory, or delete this one.")
+            stored = json.loads(self.meta_path.read_text())
+            self.check(stored, identity, " Write to another directory, or delete this one.")
+            # Equal but for where an input lay: keep the record as made (score caches name it).
+            self.params = stored["params"]
         else:
             if self.directory.is_dir() and any((self.directory / "chunks").glob("*.npz")):
                 raise StoreError(f"{self.directory}: has proposal chunks but no meta.json; refusing to mix them with a new run")
@@ -165,7 +178,7 @@ class ProposalStore:
         """Raise StoreError naming the first field in which ``meta`` differs from this store."""
         identity = identity or self._identity()
         for key in ("format_version", "dataset_fingerprint", "method", "params", "chunk_size", "num_images"):
-            if meta.get(key) != identity[key]:
+            if _without_locations(meta.get(key)) != _without_locations(identity[key]):
                 what = "dataset" if key in ("dataset_fingerprint", "num_images") else "settings"
                 raise StoreError(
                     f"{self.directory}: made for a different {what} ({key}: store has {meta.get(key)!r}, "

@@ -80,6 +80,19 @@ def test_refuses_other_dataset_or_settings(tmp_path):
         ProposalStore(tmp_path / "s", dataset, "toy", {"k": 2}, chunk_size=3).fill(_compute(dataset))
 
 
+def test_a_moved_multibox_checkpoint_with_the_same_bytes_is_the_same_store(tmp_path):
+    """A run directory copied elsewhere resumes: the checkpoint's path is not part of the identity,
+    its fingerprint is."""
+    dataset = _dataset()
+    params = {"method": "merged", "multibox_checkpoint": "/runs/a/multibox/multibox.pt", "multibox_fingerprint": "f00d", "top_k": 200}
+    ProposalStore(tmp_path / "s", dataset, "merged", params, chunk_size=3).fill(_compute(dataset))
+    moved = {**params, "multibox_checkpoint": "/runs/b/multibox/multibox.pt"}
+    assert ProposalStore(tmp_path / "s", dataset, "merged", moved, chunk_size=3).fill(_compute(dataset)) == 0
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["params"] == params  # the record stays as made
+    with pytest.raises(StoreError, match="different settings.*multibox_fingerprint"):
+        ProposalStore(tmp_path / "s", dataset, "merged", {**moved, "multibox_fingerprint": "beef"}, chunk_size=3).fill(_compute(dataset))
+
+
 def test_incomplete_store_is_refused_for_reading(tmp_path):
     dataset = _dataset()
     ProposalStore(tmp_path / "s", dataset, "toy", {}, chunk_size=2).fill(_compute(dataset), shard=0, num_shards=2)
