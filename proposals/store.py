@@ -179,9 +179,9 @@ class ProposalStore:
         identity = identity or self._identity()
         for key in ("format_version", "dataset_fingerprint", "method", "params", "chunk_size", "num_images"):
             if _without_locations(meta.get(key)) != _without_locations(identity[key]):
-                what = "dataset" if key in ("dataset_fingerprint", "num_images") else "settings"
+                what = "a different dataset" if key in ("dataset_fingerprint", "num_images") else "other settings"
                 raise StoreError(
-                    f"{self.directory}: made for a different {what} ({key}: store has {meta.get(key)!r}, "
+                    f"{self.directory}: made for {what} ({key}: store has {meta.get(key)!r}, "
                     f"this run has {identity[key]!r}; the store was made for {meta.get('dataset_spec')!r}).{hint}"
                 )
 

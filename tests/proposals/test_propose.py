@@ -25,7 +25,7 @@ def test_propose_resume_and_summary(tmp_path, capsys):
     assert "nothing to compute" in capsys.readouterr().out
     # Other settings into the same store are refused with a clear message.
     assert main(["propose", "--data", "synthetic:5:0", "--method", "ss", "--superpixel-scale", "1", "--out", str(out), *SMALL]) == 2
-    assert "different settings" in capsys.readouterr().err
+    assert "other settings" in capsys.readouterr().err
     assert main(["propose", "--data", "synthetic:6:0", "--method", "ss", "--out", str(out), *SMALL]) == 2
     assert "different dataset" in capsys.readouterr().err
 
