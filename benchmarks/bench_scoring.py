@@ -15,7 +15,8 @@ of ``--images`` real photographs (scikit-learn's sample images, cut and turned t
   ``torch.compile`` (static batch shape; ``--compile-frozen`` adds inductor freezing), compile
   time reported apart and not in the rate, timed against the best eager batch once more. The
   compiled scorer also cuts its crops with a compiled :func:`classifiers.crops.gather_crops`
-  (bfloat16, channels_last, straight from the canvas) instead of ``roi_align``.
+  (bfloat16, channels_last, straight from the canvas) instead of ``roi_align``, where
+  :func:`classifiers.scoring.compiled_warp_supported` (not with AVX2 kernels); the label says which.
 
 The cases run in alternating rounds and each keeps its best round, so a busy spell on a shared
 machine does not land on one case alone. GFLOP/s counts 2 FLOP per multiply-add of
@@ -47,7 +48,7 @@ from timing import Case, run_rounds  # beside this script
 from classifiers.crops import context_boxes, warp_crops
 from classifiers.inception import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, GoogLeNetConfig
 from classifiers.inception_cost import forward_gflop
-from classifiers.scoring import CropScorer
+from classifiers.scoring import CropScorer, compiled_warp_supported
 from detection.core.devices import bf16_supported, matmul_gflops, resolve_device
 
 NAIVE_BATCH = 32
@@ -244,7 +245,8 @@ def _compiled_cases(bench: _Bench, best_eager: Case) -> tuple[list[Case], dict[s
     # Frozen first: dynamo would hand a later frozen scorer of the same model class the graph
     # an unfrozen one compiled before it, so that the two would time the same code.
     for freeze in (True, False) if args.compile_frozen else (False,):
-        label = f"(b) ours compiled{' + frozen' if freeze else ''} {name} {args.compile_mode or ''}".rstrip()
+        warp = "" if compiled_warp_supported(bench.device) else ", roi_align warp"
+        label = f"(b) ours compiled{' + frozen' if freeze else ''} {name}{warp} {args.compile_mode or ''}".rstrip()
         scorer = CropScorer([bench.model], bench.device, batch_size=compile_batch, compile=True, compile_mode=args.compile_mode, freeze=freeze)
         print(f"compiling {label} at batch {compile_batch} ...", flush=True)
         start = time.perf_counter()

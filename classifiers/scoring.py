@@ -36,7 +36,7 @@ from classifiers.crops import (
 )
 from detection.core.devices import bf16_supported, resolve_device
 
-__all__ = ["CropScorer", "default_batch_size"]
+__all__ = ["CropScorer", "default_batch_size", "compiled_warp_supported"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,17 @@ def _compile_member(model: nn.Module, mode: str | None) -> Forward:
 def _compile_warp() -> Callable[..., Tensor]:
     """``torch.compile`` of :func:`classifiers.crops.gather_crops`, for every canvas and crop count."""
     return torch.compile(gather_crops, dynamic=True)  # type: ignore[return-value]
+
+
+def compiled_warp_supported(device: torch.device) -> bool:
+    """Whether compiled scorers may cut crops with the compiled :func:`gather_crops` on ``device``.
+
+    Inductor's CPU code for it is right with AVX512 kernels. Held to AVX2 kernels
+    (``ATEN_CPU_CAPABILITY=avx2``, which is what an AVX2-only CPU runs) it cut wrong crops and then
+    aborted the process on an index check (torch 2.14); there ``roi_align`` cuts the crops, and
+    the members are still compiled.
+    """
+    return device.type == "cuda" or torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def _freezing(enabled: bool) -> contextlib.AbstractContextManager[object]:
@@ -322,11 +333,11 @@ class CropScorer:
 
         Compiled scorers cut point-sampled crops with a compiled :func:`gather_crops` (one fused
         loop writing the network's dtype and layout directly: on a CPU the eager ``roi_align``
-        and the copies after it cost about as much as a compiled forward pass); the rest with
-        :func:`crop_rois`.
+        and the copies after it cost about as much as a compiled forward pass) where
+        :func:`compiled_warp_supported`; the rest with :func:`crop_rois`.
         """
         out_dtype = torch.bfloat16 if self.bf16 and (self.device.type == "cuda" or self.compile) else torch.float32
-        if self.compile and self.channels_last and sampling_ratio == 1 and len(rois):
+        if self.compile and self.channels_last and sampling_ratio == 1 and len(rois) and compiled_warp_supported(self.device):
             if self._warp is None:
                 self._warp = _compile_warp()
             pixels, canvas_hw = canvas_pixels(canvas)

@@ -118,4 +118,6 @@ def eager_compile(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(scoring, "_compile_member", lambda model, mode: model)
     monkeypatch.setattr(scoring, "_compile_warp", compile_warp)
+    # The gather path is tested on every CPU (its stand-in is eager); see compiled_warp_supported.
+    monkeypatch.setattr(scoring, "compiled_warp_supported", lambda device: True)
     return calls

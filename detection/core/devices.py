@@ -34,11 +34,18 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @functools.lru_cache(maxsize=None)
 def _cpu_has_native_bf16() -> bool:
+    """The CPU has AMX-BF16 or AVX512-BF16, and torch and oneDNN run the kernels that use them.
+
+    The second half matters where the kernels are held back (``ATEN_CPU_CAPABILITY=avx2``,
+    ``ONEDNN_MAX_CPU_ISA=AVX2``, as on an AVX2 machine): bfloat16 would then be emulated.
+    """
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    if "amx_bf16" not in flags and "avx512_bf16" not in flags:
+        return False
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -205,6 +205,35 @@ def test_compiled_scorers_cut_crops_with_gather_crops(eager_compile: list[int], 
     assert warps == []
 
 
+def test_compiled_scorers_cut_crops_with_roi_align_where_the_compiled_gather_is_unsafe(
+    eager_compile: list[int], models: list[GoogLeNet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from classifiers import scoring
+
+    monkeypatch.setattr(scoring, "compiled_warp_supported", lambda device: False)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)]
+    boxes = [np.array([[0, 0, 40, 30], [10, 20, 70, 55], [-5, -5, 90, 70]], np.float32)]
+    compiled = CropScorer(models, device="cpu", batch_size=2, compile=True, bf16=False).score_boxes(images, boxes, size=SIZE, per_member=True)
+    assert eager_compile == []  # roi_align cut them
+    eager = CropScorer(models, device="cpu", batch_size=2, bf16=False).score_boxes(images, boxes, size=SIZE, per_member=True)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-3)
+
+
+def test_the_compiled_gather_is_kept_to_avx512_kernels_on_the_cpu() -> None:
+    """Under ATEN_CPU_CAPABILITY=avx2 (an AVX2-only CPU's kernels) the compiled gather is not used."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "import torch; from classifiers.scoring import compiled_warp_supported as s; print(s(torch.device('cpu')))"
+    printed = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}, cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert printed.strip() == "False"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("RCNN_TEST_COMPILE") != "1", reason="set RCNN_TEST_COMPILE=1 (compiles for minutes)")
 @pytest.mark.parametrize("freeze", [True, False])
