@@ -94,15 +94,23 @@ def _section(values: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _with_new_sections(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """``stored`` plus the top-level sections it lacks that are at their defaults now.
+def _with_new_fields(stored: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``stored`` plus the keys it lacks, at any depth, whose current value is their default.
 
-    Such a section was added to the code after the run directory was made (``box_regression``);
-    at its default it changes nothing that ran, so it must not make the directory "another config".
+    Such a key was added to the code after the run directory was made (the ``box_regression``
+    section, ``train.init``); at its default it changes nothing that ran, so it must not make the
+    directory "another config".
     """
-    defaults = to_dict(Config())
-    added = {key: value for key, value in current.items() if key not in stored and value == defaults.get(key)}
-    return {**stored, **added}
+    defaults = to_dict(Config()) if defaults is None else defaults
+    merged = dict(stored)
+    for key, value in current.items():
+        default = defaults.get(key)
+        if key not in stored:
+            if value == default:
+                merged[key] = value
+        elif isinstance(value, dict) and isinstance(stored[key], dict) and isinstance(default, dict):
+            merged[key] = _with_new_fields(stored[key], value, default)
+    return merged
 
 
 # The timed stages (timings.json) -> the stage of STAGE_INPUTS whose outputs they make.
@@ -130,7 +138,7 @@ def _prepare_run_dir(run_dir: Path, config: Config, force: bool) -> None:
     path = run_dir / "config.yaml"
     current = to_dict(config)
     if path.is_file():
-        stored = _with_new_sections(yaml.safe_load(path.read_text()) or {}, current)
+        stored = _with_new_fields(yaml.safe_load(path.read_text()) or {}, current)
         if stored != current:
             changed = sorted({key for key in set(stored) | set(current) if stored.get(key) != current.get(key)})
             if not force:

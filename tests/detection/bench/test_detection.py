@@ -259,6 +259,16 @@ def test_stage_inputs_of_box_regression(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
     _prepare_run_dir(run, load_config(None), force=False)
     assert left() == outputs
+    # So is one made before a field of a section existed (train.init), while the field is at its
+    # default; set otherwise, the field makes it another config.
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    del stored["train"]["init"]
+    (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+    _prepare_run_dir(run, load_config(None), force=False)
+    assert left() == outputs and yaml.safe_load((run / "config.yaml").read_text())["train"]["init"] == "shared"
+    (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(ValueError, match="sections differ: train"):
+        _prepare_run_dir(run, load_config(None, ["train.init=member"]), force=False)
 
 
 @pytest.mark.slow
