@@ -34,7 +34,7 @@ from classifiers.crops import (
     images_to_canvas,
     make_rois,
 )
-from detection.core.devices import bf16_supported, resolve_device
+from detection.core.devices import avx512_kernels, bf16_supported, resolve_device
 
 __all__ = ["CropScorer", "default_batch_size", "compiled_warp_supported"]
 
@@ -73,7 +73,7 @@ def compiled_warp_supported(device: torch.device) -> bool:
     aborted the process on an index check (torch 2.14); there ``roi_align`` cuts the crops, and
     the members are still compiled.
     """
-    return device.type == "cuda" or torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return device.type == "cuda" or avx512_kernels()
 
 
 def _freezing(enabled: bool) -> contextlib.AbstractContextManager[object]:

@@ -3,6 +3,9 @@ short, and an eager stand-in for the compiled scoring path."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,8 @@ from PIL import Image
 from detection.data.datasets import load_dataset, write_voc
 
 REPO = Path(__file__).resolve().parents[1]
+# torch's and oneDNN's kernels held to AVX2: what an AVX2-only CPU runs, on any x86 machine.
+AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 SHARED_DATA = REPO.parent / "shared" / "data"
 BCCD = SHARED_DATA / "bccd" / "BCCD"
 RACCOON = SHARED_DATA / "raccoon"
@@ -121,3 +126,10 @@ def eager_compile(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     # The gather path is tested on every CPU (its stand-in is eager); see compiled_warp_supported.
     monkeypatch.setattr(scoring, "compiled_warp_supported", lambda device: True)
     return calls
+
+
+def printed_with_avx2_kernels(code: str) -> str:
+    """What ``python -c code`` prints (stripped), run from the repository under :data:`AVX2_KERNELS`
+    (a fresh process: the kernel choice is made when torch loads)."""
+    env = {**os.environ, **AVX2_KERNELS}
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()

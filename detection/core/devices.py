@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["resolve_device", "bf16_supported", "autocast", "prepare_model", "torch_threads", "compute_dtype", "synchronize", "best_time", "matmul_gflops"]
+__all__ = ["resolve_device", "avx512_kernels", "bf16_supported", "autocast", "prepare_model", "torch_threads", "compute_dtype", "synchronize", "best_time", "matmul_gflops"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,13 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @functools.lru_cache(maxsize=None)
+def avx512_kernels() -> bool:
+    """Whether torch runs its AVX512 CPU kernels: not on a CPU without AVX512, nor where they are
+    held back (``ATEN_CPU_CAPABILITY=avx2``, which gives the kernels an AVX2-only CPU runs)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+@functools.lru_cache(maxsize=None)
 def _cpu_has_native_bf16() -> bool:
     """The CPU has AMX-BF16 or AVX512-BF16, and torch and oneDNN run the kernels that use them.
 
@@ -45,7 +52,7 @@ def _cpu_has_native_bf16() -> bool:
         return False
     if "amx_bf16" not in flags and "avx512_bf16" not in flags:
         return False
-    return torch.backends.cpu.get_cpu_capability() == "AVX512" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return avx512_kernels() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -221,17 +221,11 @@ def test_compiled_scorers_cut_crops_with_roi_align_where_the_compiled_gather_is_
 
 
 def test_the_compiled_gather_is_kept_to_avx512_kernels_on_the_cpu() -> None:
-    """Under ATEN_CPU_CAPABILITY=avx2 (an AVX2-only CPU's kernels) the compiled gather is not used."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
+    """With AVX2 kernels (an AVX2-only CPU's) the compiled gather is not used."""
+    from tests.conftest import printed_with_avx2_kernels
 
     code = "import torch; from classifiers.scoring import compiled_warp_supported as s; print(s(torch.device('cpu')))"
-    printed = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}, cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout
-    assert printed.strip() == "False"
+    assert printed_with_avx2_kernels(code) == "False"
 
 
 @pytest.mark.slow

@@ -1,9 +1,8 @@
-import os
-
 import pytest
 import torch
 
 from detection.core.devices import autocast, resolve_device
+from tests.conftest import printed_with_avx2_kernels
 
 
 def test_resolve_device():
@@ -25,12 +24,5 @@ def test_autocast_runs():
 def test_kernels_held_back_to_avx2_compute_in_float32():
     """With torch and oneDNN limited to AVX2 kernels, as on an AVX2-only CPU, bfloat16 would be
     emulated: networks compute in float32, whatever the CPU's flags say."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     code = "import torch; from detection.core.devices import compute_dtype; print(compute_dtype(torch.device('cpu')))"
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    printed = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert printed.strip() == "torch.float32"
+    assert printed_with_avx2_kernels(code) == "torch.float32"
