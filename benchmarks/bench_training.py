@@ -6,7 +6,8 @@ SGD step) runs on one fixed batch of random crops, the same batch for every path
 rounds (:mod:`timing`): eager float32 NCHW, eager channels_last float32, eager channels_last
 bfloat16 autocast (what training runs where bfloat16 is native) and, with ``--compile``, the
 network compiled with ``torch.compile``. The crop warp of a batch (what ``classifiers.train``
-does before each step) is timed on its own. GFLOP/s count a training step as three forward
+does before each step) is timed on its own, both ways: normalised images on a canvas cut by
+``roi_align`` (training on a GPU), and one OpenCV warp per window (training on a CPU). GFLOP/s count a training step as three forward
 passes (the backward pass costs about two) from Table 1's multiply-adds at the preset's width and
 crop size; "% peak" is against a square ``torch.mm`` in the case's dtype.
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from timing import Case, run_rounds  # beside this script
 
-from classifiers.crops import warp_crops
+from classifiers.crops import warp_crops, warp_crops_host
 from classifiers.inception_cost import training_gflop
 from classifiers.region_classifier import build_region_classifier
 from classifiers.train import TrainConfig, train_step
@@ -90,8 +91,9 @@ def _member_cases(args: argparse.Namespace, config: Config, device: torch.device
     return cases, gflop
 
 
-def _warp_case(args: argparse.Namespace, config: Config, device: torch.device) -> Case:
-    """Cutting one batch's crops (``train.images_per_batch`` 640x480 images, ``batch_size`` windows)."""
+def _warp_cases(args: argparse.Namespace, config: Config, device: torch.device) -> list[Case]:
+    """Cutting one batch's crops (``train.images_per_batch`` 640x480 images, ``batch_size`` windows, half
+    of them mirrored): the canvas + ``roi_align`` warp, and on a CPU the host warp training uses there."""
     rng = np.random.default_rng(args.seed)
     train, classifier = config.train, config.classifier
     images = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(train.images_per_batch)]
@@ -99,9 +101,20 @@ def _warp_case(args: argparse.Namespace, config: Config, device: torch.device) -
     boxes = []
     for _ in images:
         x1, y1 = rng.uniform(0, 560, per_image), rng.uniform(0, 400, per_image)
-        boxes.append(np.stack([x1, y1, x1 + rng.uniform(16, 80, per_image), y1 + rng.uniform(16, 80, per_image)], 1).astype(np.float32))
+        boxes.append(np.stack([x1, y1, x1 + rng.uniform(16, 160, per_image), y1 + rng.uniform(16, 160, per_image)], 1).astype(np.float32))
     count = per_image * len(images)
-    return Case("member: crop warp of a batch (roi_align)", count, count, None, lambda: warp_crops(images, boxes, classifier.crop_size, classifier.padding(), device=device))
+    mirror = rng.random(count) < 0.5
+    size, padding = classifier.crop_size, classifier.padding()
+
+    def canvas_warp() -> torch.Tensor:
+        crops = warp_crops(images, boxes, size, padding, device=device)
+        flips = torch.from_numpy(mirror).to(device).view(-1, 1, 1, 1)
+        return torch.where(flips, crops.flip(-1), crops).contiguous(memory_format=torch.channels_last)
+
+    cases = [Case("member: crop warp of a batch (canvas + roi_align)", count, count, None, canvas_warp)]
+    if device.type == "cpu":
+        cases.append(Case("member: crop warp of a batch (host, training's)", count, count, None, lambda: warp_crops_host(images, boxes, size, padding, mirror=mirror)))
+    return cases
 
 
 def _multibox_case(args: argparse.Namespace, config: Config, device: torch.device) -> tuple[Case, float]:
@@ -157,15 +170,15 @@ def main(argv: list[str] | None = None) -> None:
     peak = {dtype: matmul_gflops(dtype, device, args.repeat) for dtype in (torch.float32, torch.bfloat16)}
     member_cases, member_gflop = _member_cases(args, config, device)
     multibox, multibox_gflop = _multibox_case(args, config, device)
-    warp = _warp_case(args, config, device)
+    warps = _warp_cases(args, config, device)
     print(f"member step: {member_gflop:.3f} GFLOP per window; MultiBox step: {multibox_gflop:.3f} GFLOP per image", flush=True)
-    cases = member_cases + [warp, multibox]
+    cases = member_cases + warps + [multibox]
     run_rounds(cases, args.repeat, device, unit="items/s")
     peak = {dtype: max(rate, matmul_gflops(dtype, device, args.repeat)) for dtype, rate in peak.items()}
     print(f"torch.mm peak: float32 {peak[torch.float32]:.1f} GFLOP/s, bfloat16 {peak[torch.bfloat16]:.1f} GFLOP/s")
     today = next(c for c in member_cases if "today" in c.method) if bf16_supported(device) else member_cases[1]
     print(f"path training takes today on this machine: {today.method.split(': ')[1]}")
-    rows = [(c, member_gflop) for c in member_cases] + [(warp, 0.0), (multibox, multibox_gflop)]
+    rows = [(c, member_gflop) for c in member_cases] + [(warp, 0.0) for warp in warps] + [(multibox, multibox_gflop)]
     _print_table(rows, peak, {"member": today.rate, "multibox": multibox.rate})
 
 

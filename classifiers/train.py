@@ -73,7 +73,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from classifiers.crops import warp_crops
+from classifiers.crops import warp_crops, warp_crops_host
 from classifiers.inception import GoogLeNet, GoogLeNetOutputs, googlenet_loss
 from classifiers.region_classifier import MEMBER_KIND, RegionClassifierConfig, build_region_classifier
 from classifiers.sampling import ImageWindows, WindowBatch, WindowSampler, build_training_windows
@@ -317,11 +317,15 @@ def _batch_inputs(
         return None
     if photometric is not None:
         images = _distort(images, photometric, batch.aug_seed)
-    crops = warp_crops(images, boxes, size=classifier.crop_size, padding=classifier.padding(), device=device)
-    flips = torch.from_numpy(batch.flips[keep]).to(device).view(-1, 1, 1, 1)
-    crops = torch.where(flips, crops.flip(-1), crops).contiguous(memory_format=torch.channels_last)
+    flips = batch.flips[keep]
     labels = torch.from_numpy(batch.labels[keep]).to(device)
-    return crops, labels
+    if device.type == "cpu":
+        # A few windows from each of many images: cutting only the crops beats normalising the
+        # whole images onto a canvas several times over (benchmarks/bench_training.py).
+        return warp_crops_host(images, boxes, size=classifier.crop_size, padding=classifier.padding(), mirror=flips), labels
+    crops = warp_crops(images, boxes, size=classifier.crop_size, padding=classifier.padding(), device=device)
+    mirror = torch.from_numpy(flips).to(device).view(-1, 1, 1, 1)
+    return torch.where(mirror, crops.flip(-1), crops).contiguous(memory_format=torch.channels_last), labels
 
 
 # ----------------------------------------------------------------------------- one update

@@ -26,6 +26,7 @@ from classifiers.crops import (
     images_to_canvas,
     make_rois,
     warp_crops,
+    warp_crops_host,
 )
 
 MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
@@ -224,6 +225,52 @@ def test_gather_crops_one_image_canvas_and_output_dtype(image: np.ndarray) -> No
     crops = gather_crops(pixels, canvas_hw, rois, 32, out_dtype=torch.bfloat16)
     assert crops.dtype == torch.bfloat16 and crops.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(crops.float(), crop_rois(canvas, rois, 32), atol=0.02, rtol=0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# warp_crops_host: the training batches' warp on a CPU
+
+
+def test_host_warp_matches_opencv_and_roi_align() -> None:
+    # Two image sizes; boxes inside, across every border, wholly outside, tiny and huge.
+    small, large = make_image(50, 70, seed=3), make_image(130, 110, seed=4)
+    boxes = [
+        np.array([[40, 20, 75, 55], [-10, -10, 80, 60], [60, 40, 70, 50], [-90, -90, -60, -70], [10, 10, 10.3, 10.2]], np.float32),
+        np.array([[90, 100, 115, 140], [5, 5, 105, 125], [-400, -300, 500, 600]], np.float32),
+    ]
+    ours = warp_crops_host([small, large], boxes, 40)
+    assert ours.shape == (8, 3, 40, 40) and ours.dtype == torch.float32
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    reference = np.concatenate([reference_crops(small, boxes[0], 40), reference_crops(large, boxes[1], 40)])
+    # OpenCV's uint8 path interpolates in fixed point and rounds to grey levels: within one grey
+    # level (1 / 255 / 0.225 = 0.0174 normalised) of the float reference, which shares its positions.
+    np.testing.assert_allclose(ours.numpy(), reference, atol=0.0175, rtol=0)
+
+
+def test_host_warp_mirrors_by_sampling() -> None:
+    image = make_image(120, 160)
+    boxes = np.array([[30, 25, 130, 95], [-20, -10, 60, 50], [50.5, 40.25, 90.75, 60.5]], np.float32)
+    mirror = np.array([True, False, True])
+    plain = warp_crops_host([image], [boxes], 32)
+    mirrored = warp_crops_host([image], [boxes], 32, mirror=mirror)
+    torch.testing.assert_close(mirrored[1], plain[1], atol=0, rtol=0)
+    # OpenCV rounds sample positions to 1/32 px from either side: equal up to that.
+    for k in (0, 2):
+        assert (mirrored[k] - plain[k].flip(-1)).abs().mean() < 0.005
+
+
+def test_host_warp_hand_worked_and_empty() -> None:
+    # A white rectangle exactly on the box: white inside [p, S - p), the mean colour (0) beyond the image.
+    image = np.zeros((100, 150, 3), dtype=np.uint8)
+    image[30:90, 40:140] = 255
+    crop = warp_crops_host([image], [np.array([[40, 30, 140, 90]], np.float32)], 64, 8, mean=(0, 0, 0), std=(1, 1, 1))[0, 0]
+    assert torch.equal(crop[9:55, 9:55], torch.ones(46, 46))
+    outside = warp_crops_host([image], [np.array([[-300, -300, -200, -200]], np.float32)], 16)
+    assert outside.abs().max() < 0.01  # the border is the mean colour, rounded to grey levels
+    empty = np.zeros((0, 4), np.float32)
+    assert warp_crops_host([image, image], [empty, empty], 32).shape == (0, 3, 32, 32)
+    with pytest.raises(ValueError, match="2 box lists"):
+        warp_crops_host([image], [empty, empty], 32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -217,3 +217,22 @@ def test_train_config_is_strict_and_the_cpu_preset_loads() -> None:
     assert 64 <= classifier.crop_size <= 128 and classifier.batch_norm and classifier.width <= 0.5
     assert train.batch_size == 128 and train.fg_fraction == 0.25 and train.schedule == "step"
     assert train.lr_decay == 0.96 and train.decay_epochs == 8
+
+
+def test_cpu_batches_are_the_windows_the_device_path_cuts(data: tuple[Dataset, dict[str, ImageProposals]]) -> None:
+    # On a CPU a batch is cut by warp_crops_host (OpenCV, uint8); elsewhere by warp_crops then
+    # flipped. Same windows, same mirrors, same labels; pixels within OpenCV's rounding.
+    dataset, proposals = data
+    windows, _ = train_module.build_training_windows(dataset, proposals)
+    sampler = train_module.WindowSampler(windows, 32, 0.25, 2, True, 0, 0)
+    batch = next(iter(sampler.epoch(0)))
+    assert batch.flips.any() and not batch.flips.all()
+    source = train_module._ImageSource(dataset, cache=True)
+    crops, labels = train_module._batch_inputs(batch, source, CLASSIFIER, torch.device("cpu"), None)
+    assert crops.shape == (32, 3, 48, 48) and crops.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(labels, torch.from_numpy(batch.labels))
+    images = [source.get(index) for index in batch.image_indices]
+    expected = train_module.warp_crops(images, batch.boxes, size=48, padding=CLASSIFIER.padding())
+    expected = torch.where(torch.from_numpy(batch.flips).view(-1, 1, 1, 1), expected.flip(-1), expected)
+    difference = (crops - expected).abs()
+    assert difference.mean() < 0.01 and difference.max() < 0.1
