@@ -7,9 +7,10 @@ rounds (:mod:`timing`): eager float32 NCHW, eager channels_last float32, eager c
 bfloat16 autocast (what training runs where bfloat16 is native) and, with ``--compile``, the
 network compiled with ``torch.compile``. The crop warp of a batch (what ``classifiers.train``
 does before each step) is timed on its own, both ways: normalised images on a canvas cut by
-``roi_align`` (training on a GPU), and one OpenCV warp per window (training on a CPU). GFLOP/s count a training step as three forward
-passes (the backward pass costs about two) from Table 1's multiply-adds at the preset's width and
-crop size; "% peak" is against a square ``torch.mm`` in the case's dtype.
+``roi_align`` (training on a GPU), and one OpenCV warp per window (training on a CPU). GFLOP/s
+count a training step as three forward passes (the backward pass costs about two) from Table 1's
+multiply-adds at the preset's width and crop size; "% peak" is against a square ``torch.mm`` in
+the case's dtype.
 
     python benchmarks/bench_training.py --config configs/bccd_cpu.yaml [--compile]
 """
